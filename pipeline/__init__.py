@@ -1,0 +1,23 @@
+"""filterlens: CNN checkpoints -> a queryable dataset of 3x3 convolution filters.
+
+Implements and scales up Gavrikov & Keuper, *Adversarial Robustness through the
+Lens of Convolutional Filters* (CVPR-W 2022).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("filterlens")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+source"
+
+__all__ = ["__version__", "open_dataset"]
+
+
+def open_dataset(root: str, **kwargs):  # noqa: ANN201 - documented in pipeline.query
+    """Open a filter dataset for querying (see :func:`pipeline.query.open_dataset`)."""
+    from pipeline.query import open_dataset as _open
+
+    return _open(root, **kwargs)

@@ -1,0 +1,134 @@
+"""One exception type per failure class.
+
+Every error a user can cause or meet carries a one-line message saying what went
+wrong, for which model or file, and what to do. ``stage`` says where in the
+per-model flow it belongs (download, load, bind, extract, write); ``transient``
+says whether retrying can help; ``exit_code`` is what the CLI returns.
+"""
+
+from __future__ import annotations
+
+
+class FilterlensError(Exception):
+    """Base class of all errors filterlens raises on purpose."""
+
+    stage = "extract"
+    transient = False
+    exit_code = 1
+
+
+# --- checkpoint loading (stage "load") -------------------------------------------------
+class CheckpointError(FilterlensError):
+    """A checkpoint could not be turned into tensors."""
+
+    stage = "load"
+    exit_code = 3
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """The checkpoint path does not exist."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file has a checkpoint's format but is truncated or damaged."""
+
+
+class NotACheckpointError(CheckpointError):
+    """The file is not in any supported checkpoint format."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """Unpickling would need arbitrary code (globals outside the allow-list)."""
+
+
+class NoConvWeightsError(CheckpointError):
+    """The checkpoint holds no 2D convolution weights."""
+
+
+# --- architecture binding (stage "bind") -----------------------------------------------
+class ArchitectureError(FilterlensError):
+    """The weights could not be bound to the requested architecture."""
+
+    stage = "bind"
+    exit_code = 3
+
+
+class UnknownArchitectureError(ArchitectureError):
+    """The --arch spec names no architecture that can be instantiated here."""
+
+
+class ArchitectureMismatchError(ArchitectureError):
+    """The state dict does not fit the architecture (missing/unexpected keys, shapes)."""
+
+
+class ForwardPassError(ArchitectureError):
+    """The dummy forward pass used to order the conv layers failed."""
+
+
+# --- downloads (stage "download") ------------------------------------------------------
+class DownloadError(FilterlensError):
+    """Fetching a checkpoint failed."""
+
+    stage = "download"
+    transient = True
+    exit_code = 3
+
+
+class SourceNotFoundError(DownloadError):
+    """The source answered that the checkpoint does not exist (e.g. HTTP 404)."""
+
+    transient = False
+
+
+class ChecksumMismatchError(DownloadError):
+    """The downloaded bytes do not have the expected sha256."""
+
+    transient = False
+
+
+# --- dataset / store (stage "write") ---------------------------------------------------
+class StoreError(FilterlensError):
+    """Reading or writing the dataset failed."""
+
+    stage = "write"
+    transient = True
+    exit_code = 4
+
+
+class DatasetNotFoundError(StoreError):
+    """The dataset root has no filter dataset in it."""
+
+    transient = False
+
+
+class SchemaMismatchError(StoreError):
+    """Files in the dataset do not match the schemas in schemas/."""
+
+    transient = False
+
+
+# --- configuration and queries ---------------------------------------------------------
+class ConfigError(FilterlensError):
+    """Bad command-line or zoo-file input."""
+
+    stage = "config"
+    exit_code = 2
+
+
+class QueryError(FilterlensError):
+    """A SQL query was rejected or failed."""
+
+    stage = "query"
+    exit_code = 5
+
+
+def describe(exc: BaseException) -> tuple[str, str, bool]:
+    """Return (stage, error class name, transient) for any exception.
+
+    Unexpected exceptions are attributed to the extract stage and treated as
+    deterministic, except the OS/network errors that retrying can fix.
+    """
+    if isinstance(exc, FilterlensError):
+        return exc.stage, type(exc).__name__, exc.transient
+    transient = isinstance(exc, (ConnectionError, TimeoutError))
+    return "extract", type(exc).__name__, transient

@@ -1,0 +1,197 @@
+"""The paper's filter-quality metrics as pure functions on tensors.
+
+Everything here takes a conv weight tensor of shape (c_out, c_in/groups, kh, kw)
+on any device and returns plain numbers (or small tensors); computation is in
+float64 on the weight's own device. Definitions follow DESIGN.md, which follows
+the reference code of Gavrikov & Keuper (torchconvquality):
+
+* sparsity: filter f is sparse iff max|f| <= 0.01 * max|W|;
+* variance entropy: non-sparse filters scaled by their own max|f|, centred;
+  singular values s, v = s^2/(n'-1), p = v/sum v, H = -sum p log10 p;
+* orthogonality: 1 - sum|R R^T - I| / (c_out (c_out - 1)) over L2-normalised
+  flattened output kernels (zero rows stay zero, so their diagonal counts |0-1|).
+
+Degenerate layers get a defined value and a flag instead of NaN; layers with
+NaN/Inf weights get no metric values (and a count of the bad weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+SPARSITY_THRESHOLD = 0.01
+"""A filter is sparse when its max |weight| is at most this fraction of the layer's max |weight|."""
+
+MAX_VARIANCE_ENTROPY = math.log10(9)
+"""Upper bound of the variance entropy of 3x3 filters (uniform variance over 9 components)."""
+
+
+def flatten_filters(weight: torch.Tensor) -> torch.Tensor:
+    """(c_out, c_in/groups, kh, kw) -> (c_out * c_in/groups, kh * kw), row-major per filter."""
+    if weight.ndim != 4:
+        raise ValueError(f"expected a 4D conv weight, got shape {tuple(weight.shape)}")
+    return weight.reshape(weight.shape[0] * weight.shape[1], weight.shape[2] * weight.shape[3])
+
+
+def sparse_mask(filters: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> torch.Tensor:
+    """Boolean mask of sparse filters: max|f| <= threshold * max|W| (all filters of an all-zero layer)."""
+    filter_max = filters.abs().amax(dim=1)
+    layer_max = filter_max.max() if filter_max.numel() else filter_max.new_zeros(())
+    return filter_max <= threshold * layer_max
+
+
+def sparsity(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> tuple[int, float]:
+    """(number of sparse filters, fraction of sparse filters) of a conv layer."""
+    mask = sparse_mask(flatten_filters(weight), threshold)
+    n_sparse = int(mask.sum().item())
+    return n_sparse, n_sparse / mask.numel() if mask.numel() else 0.0
+
+
+def scale_filters(filters: torch.Tensor) -> torch.Tensor:
+    """Divide every filter by its own max|f| (L-infinity); all-zero filters stay zero."""
+    filter_max = filters.abs().amax(dim=1, keepdim=True)
+    return filters / torch.where(filter_max > 0, filter_max, torch.ones_like(filter_max))
+
+
+def entropy_from_variances(variances: torch.Tensor) -> tuple[float, bool]:
+    """log10 entropy of the variance ratios; (0.0, True) when the total variance is zero.
+
+    Negative round-off in eigenvalues is clipped to zero and 0 * log 0 counts as 0.
+    """
+    variances = variances.clamp_min(0)
+    total = variances.sum()
+    if not total > 0:
+        return 0.0, True
+    ratio = variances / total
+    terms = torch.where(ratio > 0, ratio * torch.log10(torch.where(ratio > 0, ratio, 1)), 0)
+    return float(-terms.sum().item()), False
+
+
+def centred_scatter(filters: torch.Tensor) -> torch.Tensor:
+    """(X - mean)^T (X - mean) in float64: the k x k matrix whose eigenvalues are the squared singular values."""
+    x = filters.to(torch.float64)
+    centred = x - x.mean(dim=0, keepdim=True)
+    return centred.T @ centred
+
+
+def variance_entropy(filters: torch.Tensor) -> tuple[float, bool]:
+    """Variance entropy of a set of flattened filters (n, k): (H, degenerate).
+
+    H = -sum p log10 p with p the PCA variance ratios; degenerate (H = 0) when
+    fewer than two filters are given or they have no variance.
+    """
+    n = filters.shape[0]
+    if n < 2:
+        return 0.0, True
+    eigenvalues = torch.linalg.eigvalsh(centred_scatter(filters))
+    return entropy_from_variances(eigenvalues / (n - 1))
+
+
+def variance_entropy_from_statistics(count: int, total: torch.Tensor, scatter: torch.Tensor) -> tuple[float, bool]:
+    """Variance entropy from additive sufficient statistics (n, sum x, sum x x^T).
+
+    Lets several layers (or models) be pooled without touching their filters.
+    """
+    if count < 2:
+        return 0.0, True
+    total = total.to(torch.float64)
+    centred = scatter.to(torch.float64) - torch.outer(total, total) / count
+    centred = (centred + centred.T) / 2
+    return entropy_from_variances(torch.linalg.eigvalsh(centred) / (count - 1))
+
+
+def orthogonality(weight: torch.Tensor) -> tuple[float, bool]:
+    """1 - mean off-diagonal |R R^T - I| of the L2-normalised output kernels: (value, degenerate).
+
+    As in the reference code a zero kernel stays zero, so its diagonal entry adds
+    |0 - 1| = 1 to the sum. With a single output channel there are no pairs: the
+    value is then 1 - sum|R R^T - I| (1 for a non-zero kernel, 0 for a zero one),
+    flagged as degenerate.
+    """
+    c_out = weight.shape[0]
+    rows = weight.reshape(c_out, -1).to(torch.float64)
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+    rows = rows / torch.where(norms > 0, norms, torch.ones_like(norms))
+    gram = rows @ rows.T
+    deviation = (gram - torch.eye(c_out, dtype=gram.dtype, device=gram.device)).abs().sum()
+    if c_out < 2:
+        return float(1 - deviation.item()), True
+    return float(1 - deviation.item() / (c_out * (c_out - 1))), False
+
+
+def pca_statistics(scaled_filters: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Additive sufficient statistics of a filter set: (n, sum x, sum x x^T), in float64."""
+    x = scaled_filters.to(torch.float64)
+    return x.shape[0], x.sum(dim=0), x.T @ x
+
+
+@dataclass
+class LayerMetrics:
+    """All per-layer values the layers table holds for one 3x3 conv."""
+
+    n_filters: int
+    n_nonfinite: int
+    n_sparse: int | None = None
+    sparsity: float | None = None
+    n_nonsparse: int | None = None
+    variance_entropy: float | None = None
+    variance_entropy_raw: float | None = None
+    entropy_degenerate: bool | None = None
+    orthogonality: float | None = None
+    orthogonality_degenerate: bool | None = None
+    pca_sum: list[float] | None = None
+    pca_scatter: list[float] | None = None
+    weight_abs_max: float | None = None
+    weight_mean: float | None = None
+    weight_std: float | None = None
+
+
+def weight_statistics(weight: torch.Tensor) -> tuple[float, float, float]:
+    """(max|W|, mean, population std) of a finite weight tensor, in float64."""
+    w = weight.to(torch.float64)
+    return float(w.abs().max().item()), float(w.mean().item()), float(w.std(correction=0).item())
+
+
+def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> tuple[LayerMetrics, torch.Tensor]:
+    """Every metric of one conv layer, plus the per-filter sparse mask (on the weight's device).
+
+    Layers with NaN/Inf weights get only their counts: the metrics would be
+    meaningless, so they are left null and the mask is all False.
+    """
+    filters = flatten_filters(weight)
+    n = filters.shape[0]
+    n_nonfinite = int((~torch.isfinite(weight)).sum().item())
+    if n_nonfinite or n == 0:
+        return LayerMetrics(n_filters=n, n_nonfinite=n_nonfinite), torch.zeros(
+            n, dtype=torch.bool, device=weight.device)
+
+    f64 = filters.to(torch.float64)
+    mask = sparse_mask(f64, threshold)
+    n_sparse = int(mask.sum().item())
+    scaled = scale_filters(f64[~mask])
+    n_nonsparse, pca_sum, pca_scatter = pca_statistics(scaled)
+    entropy, degenerate = variance_entropy(scaled)
+    entropy_raw, _ = variance_entropy(f64)
+    ortho, ortho_degenerate = orthogonality(weight)
+    abs_max, mean, std = weight_statistics(weight)
+    metrics = LayerMetrics(
+        n_filters=n,
+        n_nonfinite=0,
+        n_sparse=n_sparse,
+        sparsity=n_sparse / n,
+        n_nonsparse=n_nonsparse,
+        variance_entropy=entropy,
+        variance_entropy_raw=entropy_raw,
+        entropy_degenerate=degenerate,
+        orthogonality=ortho,
+        orthogonality_degenerate=ortho_degenerate,
+        pca_sum=pca_sum.cpu().tolist(),
+        pca_scatter=pca_scatter.reshape(-1).cpu().tolist(),
+        weight_abs_max=abs_max,
+        weight_mean=mean,
+        weight_std=std,
+    )
+    return metrics, mask
