@@ -235,7 +235,7 @@ def _onnx_convs(path: Path) -> tuple[list[ConvWeight], int]:
         dilations = attrs.get("dilations", [1, 1])
         convs.append(ConvWeight(
             name=node.name or f"{node.input[1]}#{index}",
-            weight=torch.from_numpy(np.ascontiguousarray(weight)),
+            weight=torch.from_numpy(np.array(weight, dtype=weight.dtype, copy=True)),
             groups=int(attrs.get("group", 1)),
             stride="x".join(str(int(s)) for s in strides),
             dilation="x".join(str(int(d)) for d in dilations),

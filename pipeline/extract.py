@@ -35,7 +35,7 @@ from pipeline.checkpoints import (
     sha256_of_files,
     state_dict_convs,
 )
-from pipeline.errors import ConfigError, describe
+from pipeline.errors import ConfigError, NoConvWeightsError, describe
 from pipeline.metrics import layer_metrics, weight_statistics
 from pipeline.schema import arrow_schema, to_table
 from pipeline.store import DatasetStore, slugify
@@ -192,6 +192,8 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     ordered = ordered_convs(request, loaded, torch_device)
     convs = ordered.convs
     n_conv = len(convs)
+    if not convs:
+        raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")
     slug = slugify(request.model_id)
     writer = store.writer(request.model_id, request.dataset)
     layer_rows: list[dict] = []
@@ -205,7 +207,7 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
                 n_conv3x3 += 1
                 n_nonfinite_layers += row["n_nonfinite"] > 0
                 writer.add_filters(batch)
-        layers = to_table("layers", {k: [r.get(k) for r in layer_rows] for k in layer_rows[0]})
+        layers = to_table("layers", {k: [r.get(k) for r in layer_rows] for k in arrow_schema("layers").names})
         metadata = {**request.metadata, "unwrap_paths": loaded.unwrap_paths}
         if ordered.bind_report is not None:
             metadata["binding"] = asdict(ordered.bind_report)
