@@ -122,6 +122,18 @@ class QueryError(FilterlensError):
     exit_code = 5
 
 
+# --- statistics -----------------------------------------------------------------------
+class StatsError(FilterlensError):
+    """The robustness statistics could not be computed from the selection."""
+
+    stage = "stats"
+    exit_code = 6
+
+
+class EmptySelectionError(StatsError):
+    """The selection (--where, --datasets, --threat-models) matches no model."""
+
+
 def describe(exc: BaseException) -> tuple[str, str, bool]:
     """Return (stage, error class name, transient) for any exception.
 
