@@ -258,7 +258,8 @@ UNPAIRED_COLUMNS = ["model_id", "robust", "architecture", "dataset", "reason"]
 
 
 def normalise_arch(name: object) -> str | None:
-    if name is None or (isinstance(name, float) and math.isnan(name)):
+    """Architecture names compare case- and whitespace-insensitively; unknown is None."""
+    if name is None or pd.isna(name):
         return None
     text = re.sub(r"\s+", " ", str(name)).strip().lower()
     return text or None
@@ -267,11 +268,11 @@ def normalise_arch(name: object) -> str | None:
 def auto_pairs(models: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Pair every robust model with every normal model of the same architecture and training dataset."""
     pairs, unpaired = [], []
-    arch = models.architecture.map(normalise_arch)
+    arch = [normalise_arch(a) for a in models.architecture]
+    robust_mask = models.robust.to_numpy(bool)
     normal_by_key: dict[tuple[str, str], list[str]] = {}
-    for model_id, dataset, key in zip(models.model_id[~models.robust], models.dataset[~models.robust],
-                                      arch[~models.robust], strict=True):
-        if key is not None:
+    for model_id, dataset, key, robust in zip(models.model_id, models.dataset, arch, robust_mask, strict=True):
+        if key is not None and not robust:
             normal_by_key.setdefault((dataset, key), []).append(model_id)
     used_normal = set()
     for row, key in zip(models.itertuples(), arch, strict=True):

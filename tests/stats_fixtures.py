@@ -81,14 +81,14 @@ def tiny_weights(rng: np.random.Generator, diverse: bool) -> list[np.ndarray]:
 def planted_zoo(root: Path, n_per_side: int = 6, seed: int = 0, datasets: tuple[str, ...] = ("cifar10",),
                 planted: bool = True) -> DatasetStore:
     """Robust (diverse) and normal (structured) models of one architecture; with ``planted=False`` both sides
-    are drawn from the same mixture, so there is nothing to find."""
+    are drawn from the same distribution, so there is nothing to find."""
     rng = np.random.default_rng(seed)
     store = DatasetStore(str(root))
     for dataset in datasets:
         for side in ("robust", "normal"):
             for i in range(n_per_side):
                 robust = side == "robust"
-                diverse = robust if planted else bool(rng.random() < 0.5)
+                diverse = robust if planted else True
                 write_model(store, f"zoo/{dataset}/{side}{i}", dataset, tiny_weights(rng, diverse), robust,
                             clean_acc=float(80 + rng.random() * 10), robust_acc=float(40 + rng.random() * 10))
     return store

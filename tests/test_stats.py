@@ -1,0 +1,359 @@
+"""filterlens stats: exact values against independent NumPy/pandas/scipy computations on small fixtures."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import scipy.stats
+from stats_fixtures import planted_zoo, tiny_weights, write_model
+
+from pipeline.shift import (
+    distribution,
+    orient_components,
+    pca_from_statistics,
+    symmetric_kl,
+    weighted_divergence,
+)
+from pipeline.stats import BUCKET_LABELS, StatsOptions, auto_pairs, holm, run_stats, table_pairs
+from pipeline.store import DatasetStore
+
+FAST = {"permutations": 49, "figures": False}
+
+
+# --- independent reference computations ------------------------------------------------------------
+def reference_bucket(conv_index: int, n_conv: int) -> int:
+    """Depth bucket with exact fractions: 0 for the first conv, else the decile of conv_index / (n_conv - 1)."""
+    if conv_index == 0:
+        return 0
+    depth = Fraction(conv_index, n_conv - 1)
+    return int(np.ceil(depth * 10))
+
+
+def read_all(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    models = pads.dataset(str(root / "models"), format="parquet").to_table().to_pandas()
+    layers = pads.dataset(str(root / "layers"), format="parquet", partitioning=None).to_table().to_pandas()
+    filters = pads.dataset(str(root / "filters"), format="parquet", partitioning=None).to_table().to_pandas()
+    n_conv = dict(zip(models.model_id, models.n_conv_layers, strict=True))
+    layers["bucket"] = [reference_bucket(c, n_conv[m]) for m, c in zip(layers.model_id, layers.conv_index,
+                                                                         strict=True)]
+    layers["usable"] = (layers.kernel_h == 3) & (layers.kernel_w == 3) & (layers.n_nonfinite == 0)
+    return models, layers, filters
+
+
+def reference_profile(layers: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (model_id, bucket), g in layers[layers.usable].groupby(["model_id", "bucket"]):
+        rows.append({"model_id": model_id, "depth_bucket": bucket,
+                     "sparsity": g.n_sparse.sum() / g.n_filters.sum(),
+                     "variance_entropy": (g.n_nonsparse * g.variance_entropy).sum() / g.n_nonsparse.sum(),
+                     "orthogonality": (g.out_channels * g.orthogonality).sum() / g.out_channels.sum()})
+    return pd.DataFrame(rows)
+
+
+def usable_filters(layers: pd.DataFrame, filters: pd.DataFrame) -> pd.DataFrame:
+    keys = layers.loc[layers.usable, ["model_id", "conv_index", "bucket"]]
+    merged = filters.merge(keys, on=["model_id", "conv_index"])
+    return merged[~merged["sparse"]].reset_index(drop=True)
+
+
+def reference_pca(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PCA on the raw scaled filters by SVD: (mean, components, explained variance ratio)."""
+    scaled = x / np.abs(x).max(axis=1, keepdims=True)
+    mean = scaled.mean(axis=0)
+    _, s, vt = np.linalg.svd(scaled - mean, full_matrices=False)
+    return mean, orient_components(vt), s**2 / np.sum(s**2)
+
+
+def reference_distribution(values: np.ndarray, row_weights: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The paper's get_discrete_probability_distribution, with per-filter weights for pair multiplicity."""
+    v, _ = np.histogram(values, bins=70, range=(lo, hi), density=True, weights=row_weights)
+    v = v.astype(np.double)
+    v[v == 0] = np.finfo(np.float32).eps
+    return v / v.sum()
+
+
+# --- fixtures -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, object]:
+    root = tmp_path_factory.mktemp("planted") / "ds"
+    store = planted_zoo(root, n_per_side=6, datasets=("cifar10", "cifar100"))
+    rng = np.random.default_rng(7)
+    # A robust model of a second architecture with a NaN layer, unpaired; and a model with no 3x3 layer.
+    weights = tiny_weights(rng, diverse=True)
+    weights[3] = weights[3].copy()
+    weights[3][0, 0, 1, 1] = np.nan
+    write_model(store, "zoo/cifar10/odd", "cifar10", weights, robust=True, architecture="OtherNet",
+                clean_acc=85.0, robust_acc=45.0)
+    write_model(store, "zoo/cifar10/pointwise", "cifar10", [np.ones((4, 3, 1, 1), np.float32)] * 2, robust=False,
+                architecture="Pointwise")
+    out = tmp_path_factory.mktemp("planted_report")
+    result = run_stats(str(root), str(out), StatsOptions(permutations=199))
+    return root, out, result
+
+
+@pytest.fixture(scope="module")
+def null(tmp_path_factory: pytest.TempPathFactory) -> object:
+    root = tmp_path_factory.mktemp("null") / "ds"
+    planted_zoo(root, n_per_side=6, seed=3, planted=False)
+    return run_stats(str(root), str(tmp_path_factory.mktemp("null_report")), StatsOptions(permutations=199))
+
+
+# --- depth profile --------------------------------------------------------------------------------
+def test_depth_buckets_and_weighted_means_match_pandas(planted: tuple) -> None:
+    root, _, result = planted
+    _, layers, _ = read_all(root)
+    expected = reference_profile(layers).sort_values(["model_id", "depth_bucket"]).reset_index(drop=True)
+    got = result.tables["depth_profile"].sort_values(["model_id", "depth_bucket"]).reset_index(drop=True)
+    assert got[["model_id", "depth_bucket"]].values.tolist() == expected[["model_id", "depth_bucket"]].values.tolist()
+    for metric in ("sparsity", "variance_entropy", "orthogonality"):
+        np.testing.assert_allclose(got[metric], expected[metric], rtol=1e-12)
+    # the tiny architecture: 5 convs -> first conv alone, then 1/4, 2/4 (the 1x1), 3/4, 4/4
+    buckets = sorted(got[got.model_id == "zoo/cifar10/robust0"].depth_bucket)
+    assert buckets == [0, 3, 8, 10] and [BUCKET_LABELS[b] for b in buckets][1] == "(0.2, 0.3]"
+
+
+def test_nonfinite_layers_are_left_out_and_counted(planted: tuple) -> None:
+    _, _, result = planted
+    coverage = result.tables["layer_coverage"].set_index("model_id")
+    assert coverage.loc["zoo/cifar10/odd", "n_layers_nonfinite"] == 1
+    assert coverage.loc["zoo/cifar10/odd", "n_layers_with_metrics"] == 3
+    assert coverage.loc["zoo/cifar10/pointwise", "n_layers_with_metrics"] == 0
+    assert any("zoo/cifar10/odd" in n and "NaN/Inf" in n for n in result.notes)
+    assert any("zoo/cifar10/pointwise" in n and "no 3x3 conv layers" in n for n in result.notes)
+    assert "zoo/cifar10/pointwise" not in set(result.tables["depth_profile"].model_id)
+
+
+def test_robust_vs_normal_tests_match_scipy_with_holm(planted: tuple) -> None:
+    _, _, result = planted
+    profile, table = result.tables["depth_profile"], result.tables["robust_vs_normal"]
+    part = profile[(profile.dataset == "cifar100")]
+    p = []
+    for bucket in sorted(part.depth_bucket.unique()):
+        g = part[part.depth_bucket == bucket]
+        p.append(scipy.stats.mannwhitneyu(g.variance_entropy[g.robust], g.variance_entropy[~g.robust]).pvalue)
+    rows = table[(table.dataset == "cifar100") & (table.metric == "variance_entropy")].sort_values("depth_bucket")
+    np.testing.assert_allclose(rows.p_value, p)
+    np.testing.assert_allclose(rows.p_holm, np.minimum(1, np.maximum.accumulate(
+        np.sort(p) * np.arange(len(p), 0, -1)))[np.argsort(np.argsort(p))])
+
+
+def test_holm_adjustment_by_hand() -> None:
+    assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
+
+
+# --- planted difference / no difference -----------------------------------------------------------
+def test_planted_difference_is_found_in_the_right_direction(planted: tuple) -> None:
+    _, _, result = planted
+    verdicts = {(f.dataset, f.subject): f.verdict for f in result.findings}
+    for dataset in ("cifar10", "cifar100"):
+        assert verdicts[(dataset, "variance_entropy")] == "robust higher"
+        assert verdicts[(dataset, "orthogonality")] == "robust higher"
+        assert verdicts[(dataset, "sparsity")] == "robust lower"
+        assert verdicts[(dataset, "divergence")] == "shift"
+
+
+def test_no_planted_difference_no_claim(null: object) -> None:
+    verdicts = {f.subject: f.verdict for f in null.findings if f.dataset == "cifar10"}
+    assert verdicts == {"sparsity": "no difference", "variance_entropy": "no difference",
+                        "orthogonality": "no difference", "divergence": "no difference"}
+    assert not null.tables["robust_vs_normal"].significant.any()
+
+
+# --- pairing ---------------------------------------------------------------------------------------
+def test_auto_pairing_by_architecture_and_dataset(planted: tuple) -> None:
+    _, _, result = planted
+    pairs = result.tables["pairs"]
+    assert len(pairs) == 2 * 6 * 6
+    assert set(pairs.source) == {"auto"}
+    assert (pairs.robust_model_id.str.split("/").str[1] == pairs.normal_model_id.str.split("/").str[1]).all()
+    unpaired = result.tables["unpaired"].set_index("model_id")
+    assert "no normal OtherNet model on cifar10" in unpaired.loc["zoo/cifar10/odd", "reason"]
+    assert "no robust Pointwise model" in unpaired.loc["zoo/cifar10/pointwise", "reason"]
+
+
+def test_pairing_edge_cases() -> None:
+    models = pd.DataFrame({"model_id": ["r1", "r2", "n1", "n2"], "model": ["r1", "r2", "n1", "n2"],
+                           "robust": [True, True, False, False], "dataset": ["c10", "c10", "c10", "c100"],
+                           "architecture": ["WRN-28-10", None, " wrn-28-10 ", "WRN-28-10"]})
+    pairs, unpaired = auto_pairs(models)
+    assert pairs[["robust_model_id", "normal_model_id"]].values.tolist() == [["r1", "n1"]]
+    assert dict(zip(unpaired.model_id, unpaired.reason, strict=True)) == {
+        "r2": "architecture unknown", "n2": "no robust WRN-28-10 model on c100 in the selection"}
+
+
+def test_pairs_table_overrides_and_reports_unmatched(tmp_path: Path) -> None:
+    models = pd.DataFrame({"model_id": ["a/r1", "a/n1", "a/n2"], "model": ["a--r1", "a--n1", "a--n2"],
+                           "robust": [True, False, False], "dataset": ["c10"] * 3, "architecture": ["X", "X", "Y"]})
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(",Robust,Normal,Arch,Dataset\n0,a--r1,a/n2,Y,c10\n1,a/r1,missing,X,c10\n2,a/n1,a/r1,X,c10\n")
+    from pipeline.stats import read_pairs_table
+    pairs, unpaired = table_pairs(models, read_pairs_table(str(csv)))
+    assert pairs[["robust_model_id", "normal_model_id", "source"]].values.tolist() == [["a/r1", "a/n2", "table"]]
+    reasons = list(unpaired.reason)
+    assert "pairs table names a model that is not in the selection" in reasons
+    assert any("not (robust, normal)" in r for r in reasons)
+    assert unpaired.set_index("model_id").loc["a/n1", "reason"] == "not in the pairs table"
+
+
+# --- PCA -----------------------------------------------------------------------------------------------
+def test_pca_from_sufficient_statistics_equals_pca_on_raw_filters(planted: tuple) -> None:
+    root, _, result = planted
+    models, layers, filters = read_all(root)
+    usable = usable_filters(layers, filters)
+    robust = dict(zip(models.model_id, models.robust, strict=True))
+    for name, mask in (("all", np.ones(len(usable), bool)), ("robust", usable.model_id.map(robust).to_numpy(bool)),
+                       ("normal", ~usable.model_id.map(robust).to_numpy(bool))):
+        x = usable.loc[mask, [f"w{i}" for i in range(9)]].to_numpy(np.float64)
+        mean, components, ratio = reference_pca(x)
+        basis = result.bases[name]
+        assert basis.n == len(x)
+        np.testing.assert_allclose(basis.mean, mean, atol=1e-12)
+        np.testing.assert_allclose(basis.explained_variance_ratio, ratio, atol=1e-12)
+        np.testing.assert_allclose(basis.components, components, atol=1e-9)
+
+
+def test_pca_needs_two_filters() -> None:
+    from pipeline.errors import StatsError
+    with pytest.raises(StatsError, match="at least 2"):
+        pca_from_statistics(1, np.ones(9), np.ones((9, 9)))
+
+
+# --- distribution shift -------------------------------------------------------------------------
+def test_kl_of_identical_distributions_is_zero_and_kl_is_symmetric() -> None:
+    rng = np.random.default_rng(0)
+    p, q = rng.random(70), rng.random(70)
+    p, q = p / p.sum(), q / q.sum()
+    assert symmetric_kl(p, p) == 0.0
+    assert symmetric_kl(p, q) == pytest.approx(symmetric_kl(q, p), rel=1e-15)
+    assert symmetric_kl(p, q) == pytest.approx(scipy.stats.entropy(p, q) + scipy.stats.entropy(q, p), rel=1e-12)
+    counts = rng.integers(0, 5, (9, 70))
+    edges = np.linspace(-1, 1, 71)
+    d, per = weighted_divergence(counts, counts, edges, np.full(9, 1 / 9))
+    assert d == 0.0 and (per == 0).all()
+    assert weighted_divergence(counts, np.zeros((9, 70)), edges, np.ones(9))[0] is None
+    dist = distribution(np.array([0, 2, 0, 2]), np.array([0.0, 1, 2, 3, 4]))
+    eps = np.finfo(np.float32).eps
+    np.testing.assert_allclose(dist, np.array([eps, 0.5, eps, 0.5]) / (1 + 2 * eps))
+
+
+def test_coefficient_histograms_and_divergences_match_an_independent_computation(planted: tuple) -> None:
+    root, _, result = planted
+    models, layers, filters = read_all(root)
+    usable = usable_filters(layers, filters)
+    x = usable[[f"w{i}" for i in range(9)]].to_numpy(np.float64)
+    mean, components, ratio = reference_pca(x)
+    coef = (x / np.abs(x).max(axis=1, keepdims=True) - mean) @ components.T
+    lo, hi = coef.min(), coef.max()
+    assert result.coefficient_range == pytest.approx((lo, hi), abs=1e-12)
+
+    robust = usable.model_id.map(dict(zip(models.model_id, models.robust, strict=True))).to_numpy(bool)
+    dataset = usable.model_id.map(dict(zip(models.model_id, models.dataset, strict=True))).to_numpy()
+    hist = result.tables["coefficient_histograms"]
+    for (d, r), part in hist.groupby(["dataset", "robust"]):
+        rows = (dataset == d) & (robust == r)
+        for k in range(9):
+            expected, _ = np.histogram(coef[rows, k], bins=70, range=(lo, hi))
+            assert part[part.coefficient == k].sort_values("bin")["count"].tolist() == expected.tolist()
+
+    # divergences: paired models weighted by the number of pairs they are in (as the paper's .loc[list])
+    pairs = result.tables["pairs"]
+    shift = result.tables["distribution_shift"].set_index(["dataset", "depth_bucket"])
+    for d in ("cifar10", "cifar100"):
+        part = pairs[pairs.dataset == d]
+        w_robust, w_normal = part.robust_model_id.value_counts(), part.normal_model_id.value_counts()
+        for bucket in (-1, 0, 10):
+            in_bucket = np.ones(len(usable), bool) if bucket == -1 else (usable.bucket == bucket).to_numpy()
+            rw = usable.model_id.map(w_robust).fillna(0).to_numpy() * in_bucket
+            nw = usable.model_id.map(w_normal).fillna(0).to_numpy() * in_bucket
+            expected = sum(ratio[k] * (scipy.stats.entropy(p := reference_distribution(coef[:, k], rw, lo, hi),
+                                                            q := reference_distribution(coef[:, k], nw, lo, hi))
+                                       + scipy.stats.entropy(q, p)) for k in range(9))
+            assert shift.loc[(d, bucket), "divergence"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_all_groups_weight_each_model_once(planted: tuple, tmp_path: Path) -> None:
+    root, _, result = planted
+    other = run_stats(str(root), str(tmp_path), StatsOptions(kl_groups="all", coef_range=result.coefficient_range,
+                                                             **FAST))
+    shift = other.tables["distribution_shift"].set_index(["dataset", "depth_bucket"])
+    assert shift.loc[("cifar10", -1), "n_robust_models"] == 7  # the unpaired robust model counts too
+    assert shift.loc[("cifar100", -1), "divergence"] == pytest.approx(
+        result.tables["distribution_shift"].set_index(["dataset", "depth_bucket"]).loc[("cifar100", -1),
+                                                                                         "divergence"])
+
+
+# --- correlations ----------------------------------------------------------------------------------
+def test_correlations_match_scipy(planted: tuple) -> None:
+    _, _, result = planted
+    whole = result.tables["model_profile"]
+    robust = whole[whole.robust & (whole.dataset == "cifar10")]
+    corr = result.tables["correlations"].set_index(["dataset", "bucket", "metric", "accuracy"])
+    row = corr.loc[("cifar10", "all", "orthogonality", "robust_acc")]
+    expected = scipy.stats.spearmanr(robust.orthogonality, robust.robust_acc)
+    assert row.n == len(robust) == 7
+    assert row.spearman_rho == pytest.approx(expected.statistic)
+    assert row.pearson_r == pytest.approx(scipy.stats.pearsonr(robust.orthogonality, robust.robust_acc).statistic)
+
+
+# --- the report and the CLI ---------------------------------------------------------------------
+def test_report_and_tables_are_written(planted: tuple) -> None:
+    _, out, result = planted
+    for name in result.tables:
+        assert (out / "tables" / f"{name}.parquet").is_file() and (out / "tables" / f"{name}.csv").is_file()
+    back = pd.read_parquet(out / "tables" / "depth_profile.parquet")
+    assert len(back) == len(result.tables["depth_profile"])
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    assert "robust models have higher variance entropy" in md
+    assert "![Metrics by depth bucket" in md and (out / "figures" / "depth_profile.png").is_file()
+    assert html.count("data:image/png;base64,") >= 5
+    assert "first_layer_gallery" in md
+
+
+def test_cli_writes_the_report(cli: object, planted: tuple, tmp_path: Path) -> None:
+    root, _, _ = planted
+    res = cli("stats", root, "--out", tmp_path / "r", "--datasets", "cifar100", "--permutations", "0",
+              "--no-figures")
+    assert res.code == 0, res.err
+    assert "12 models" in res.out and "cifar100: robust models have higher orthogonality" in res.out
+    assert (tmp_path / "r" / "report.html").is_file()
+
+
+def test_empty_selection_is_a_clear_error(cli: object, planted: tuple, tmp_path: Path) -> None:
+    root, _, _ = planted
+    res = cli("stats", root, "--out", tmp_path / "r", "--datasets", "imagenet")
+    assert res.code == 6
+    assert "matches none of the 26 models" in res.err and "Traceback" not in res.err
+    res = cli("stats", root, "--out", tmp_path / "r", "--where", "no_such_column > 1")
+    assert res.code == 2 and "--where" in res.err
+    res = cli("stats", root, "--out", tmp_path / "r", "--where", "true); DROP TABLE x; SELECT (1")
+    assert res.code == 2
+
+
+def test_only_robust_models_say_so_without_numbers(planted: tuple, tmp_path: Path) -> None:
+    root, _, _ = planted
+    result = run_stats(str(root), str(tmp_path), StatsOptions(where="robust", **FAST))
+    verdicts = {(f.analysis, f.dataset, f.subject): f for f in result.findings}
+    finding = verdicts[("depth profile", "cifar10", "variance_entropy")]
+    assert finding.verdict == "cannot say" and "no normally trained cifar10 models" in finding.text
+    assert verdicts[("distribution shift", "all", "divergence")].verdict == "cannot say"
+    assert result.tables["distribution_shift"].empty and result.tables["pairs"].empty
+    assert result.tables["robust_vs_normal"].p_value.isna().all()
+    assert (tmp_path / "report.md").is_file()
+
+
+def test_models_without_3x3_layers_only(tmp_path: Path) -> None:
+    store = DatasetStore(str(tmp_path / "ds"))
+    for i, robust in enumerate((True, False)):
+        write_model(store, f"m{i}", "cifar10", [np.ones((4, 3, 1, 1), np.float32)], robust=robust)
+    result = run_stats(str(tmp_path / "ds"), str(tmp_path / "out"), StatsOptions(**FAST))
+    assert result.tables["depth_profile"].empty
+    assert all(b is None for b in result.bases.values())
+    assert {f.verdict for f in result.findings} == {"cannot say"}
+    assert len([n for n in result.notes if "no 3x3 conv layers" in n]) == 2
+    assert (tmp_path / "out" / "report.html").is_file()
