@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import matplotlib
 
@@ -347,7 +348,13 @@ def _range(value: tuple[float, float] | None) -> str:
 
 
 def write_report(result: StatsResult, out_dir: str, root: str, options: StatsOptions) -> None:
+    """report.md, report.html and run.json (selection, coefficient range, timings, options)."""
     title = "filterlens robustness statistics"
+    with open(os.path.join(out_dir, "run.json"), "w") as f:
+        json.dump({"dataset": root, "selection": result.selection, "filterlens": __version__,
+                   "models": len(result.tables["models"]), "coefficient_range": result.coefficient_range,
+                   "timings": result.timings, "notes": result.notes, "options": asdict(options)}, f, indent=2,
+                  default=str)
     sections = build_sections(result, out_dir, root, options)
     with open(os.path.join(out_dir, "report.md"), "w") as f:
         f.write(render_markdown(title, sections, out_dir))

@@ -163,61 +163,80 @@ class ScanTarget:
 def _kernels():  # noqa: ANN202 - compiled lazily so that importing this module stays cheap
     from numba import njit
 
+    block = 512
+
+    @njit(nogil=True, cache=True)
+    def centred_scaled(w0, w1, w2, w3, w4, w5, w6, w7, w8, conv, sparse, group_of_conv, mean, start, m, y, grp):
+        """Rows start..start+m: y[:, i] = w / max|w| - mean for the filters that count (grp >= 0), else 0."""
+        for i in range(m):
+            r = start + i
+            a0, a1, a2 = np.float64(w0[r]), np.float64(w1[r]), np.float64(w2[r])
+            a3, a4, a5 = np.float64(w3[r]), np.float64(w4[r]), np.float64(w5[r])
+            a6, a7, a8 = np.float64(w6[r]), np.float64(w7[r]), np.float64(w8[r])
+            s = max(max(max(abs(a0), abs(a1)), max(abs(a2), abs(a3))),
+                    max(max(abs(a4), abs(a5)), max(max(abs(a6), abs(a7)), abs(a8))))
+            g = group_of_conv[conv[r]]
+            ok = (not sparse[r]) and g >= 0 and s > 0 and s < np.inf
+            grp[i] = g if ok else -1
+            if ok:
+                y[0, i], y[1, i], y[2, i] = a0 / s - mean[0], a1 / s - mean[1], a2 / s - mean[2]
+                y[3, i], y[4, i], y[5, i] = a3 / s - mean[3], a4 / s - mean[4], a5 / s - mean[5]
+                y[6, i], y[7, i], y[8, i] = a6 / s - mean[6], a7 / s - mean[7], a8 / s - mean[8]
+            else:
+                for j in range(9):
+                    y[j, i] = 0.0
+
+    @njit(nogil=True, cache=True)
+    def coefficient(v, k, y, i):
+        return (v[k, 0] * y[0, i] + v[k, 1] * y[1, i] + v[k, 2] * y[2, i] + v[k, 3] * y[3, i]
+                + v[k, 4] * y[4, i] + v[k, 5] * y[5, i] + v[k, 6] * y[6, i] + v[k, 7] * y[7, i]
+                + v[k, 8] * y[8, i])
+
     @njit(nogil=True, cache=True)
     def coefficient_range(w0, w1, w2, w3, w4, w5, w6, w7, w8, conv, sparse, group_of_conv, v, mean, out):
         lo, hi = out[0], out[1]
-        x = np.empty(9)
-        y = np.empty(9)
-        for i in range(w0.shape[0]):
-            if sparse[i] or group_of_conv[conv[i]] < 0:
-                continue
-            x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8] = w0[i], w1[i], w2[i], w3[i], w4[i], w5[i], w6[i], w7[i], w8[i]
-            scale = 0.0
-            for j in range(9):
-                scale = max(scale, abs(x[j]))
-            for j in range(9):
-                y[j] = x[j] / scale - mean[j]
+        y = np.empty((9, block))
+        grp = np.empty(block, np.int64)
+        n = w0.shape[0]
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            centred_scaled(w0, w1, w2, w3, w4, w5, w6, w7, w8, conv, sparse, group_of_conv, mean, start, m, y, grp)
             for k in range(9):
-                c = 0.0
-                for j in range(9):
-                    c += v[k, j] * y[j]
-                lo = min(lo, c)
-                hi = max(hi, c)
+                for i in range(m):
+                    c = coefficient(v, k, y, i)
+                    lo = min(lo, c if grp[i] >= 0 else np.inf)
+                    hi = max(hi, c if grp[i] >= 0 else -np.inf)
         out[0], out[1] = lo, hi
 
     @njit(nogil=True, cache=True)
     def coefficient_histogram(w0, w1, w2, w3, w4, w5, w6, w7, w8, conv, sparse, group_of_conv, v, mean,
                               edges, counts):
         n_bins = edges.shape[0] - 1
-        lo = edges[0]
-        norm = n_bins / (edges[n_bins] - edges[0])
-        x = np.empty(9)
-        y = np.empty(9)
-        for i in range(w0.shape[0]):
-            g = group_of_conv[conv[i]]
-            if sparse[i] or g < 0:
-                continue
-            x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8] = w0[i], w1[i], w2[i], w3[i], w4[i], w5[i], w6[i], w7[i], w8[i]
-            scale = 0.0
-            for j in range(9):
-                scale = max(scale, abs(x[j]))
-            for j in range(9):
-                y[j] = x[j] / scale - mean[j]
+        lo, hi = edges[0], edges[n_bins]
+        norm = n_bins / (hi - lo)
+        step = (edges[n_bins] - lo) / n_bins  # edges[b] == b * step + lo, as numpy.linspace makes them
+        y = np.empty((9, block))
+        grp = np.empty(block, np.int64)
+        bins = np.empty((9, block), np.int64)
+        n = w0.shape[0]
+        for start in range(0, n, block):
+            m = min(block, n - start)
+            centred_scaled(w0, w1, w2, w3, w4, w5, w6, w7, w8, conv, sparse, group_of_conv, mean, start, m, y, grp)
             for k in range(9):
-                c = 0.0
-                for j in range(9):
-                    c += v[k, j] * y[j]
-                # numpy.histogram's rule: floor on the scaled value, then correct against the edges.
-                b = int((c - lo) * norm)
-                if b < 0:
-                    b = 0
-                elif b > n_bins - 1:
-                    b = n_bins - 1
-                if c < edges[b] and b > 0:
-                    b -= 1
-                elif b < n_bins - 1 and c >= edges[b + 1]:
-                    b += 1
-                counts[g, k, b] += 1
+                for i in range(m):
+                    c = coefficient(v, k, y, i)
+                    # numpy.histogram's rule: floor of the scaled value, then corrected against the edges;
+                    # values outside [lo, hi] are not counted (-1).
+                    b = np.int64(min(max((c - lo) * norm, 0.0), n_bins - 1.0))
+                    b -= np.int64(c < b * step + lo) * np.int64(b > 0)
+                    b += np.int64(c >= (b + 1) * step + lo) * np.int64(b != n_bins - 1)
+                    bins[k, i] = b if (c >= lo) & (c <= hi) else -1
+            for i in range(m):
+                g = grp[i]
+                if g >= 0:
+                    for k in range(9):
+                        if bins[k, i] >= 0:
+                            counts[g, k, bins[k, i]] += 1
 
     return coefficient_range, coefficient_histogram
 

@@ -31,6 +31,7 @@ from itertools import combinations
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 from scipy import stats as scistats
 
@@ -405,6 +406,9 @@ def scan_targets(ds: FilterDataset, models: pd.DataFrame) -> list[ScanTarget]:
 
 
 def _open(ds: FilterDataset):  # noqa: ANN202
+    """How the scans open filters files: memory-mapped locally (measured faster), the store's filesystem else."""
+    if ds.store.local:
+        return pa.memory_map
     return ds.store.fs.open_input_file
 
 
@@ -470,8 +474,8 @@ def distribution_shift(counts: np.ndarray, targets: list[ScanTarget], models: pd
                    "bucket": "all" if bucket is None else BUCKET_LABELS[bucket],
                    "n_robust_models": int((model_counts[:len(robust_ids)].sum(axis=(1, 2)) > 0).sum()),
                    "n_normal_models": int((model_counts[len(robust_ids):].sum(axis=(1, 2)) > 0).sum()),
-                   "n_robust_filters": int(model_counts[:len(robust_ids)].sum() // 9),
-                   "n_normal_filters": int(model_counts[len(robust_ids):].sum() // 9),
+                   "n_robust_filters": int(model_counts[:len(robust_ids), 0].sum()),
+                   "n_normal_filters": int(model_counts[len(robust_ids):, 0].sum()),
                    "divergence": np.nan, "p_value": np.nan}
             divergence, per_coefficient = weighted_divergence(robust, normal, edges, ratio)
             row.update({f"kl_c{k}": per_coefficient[k] for k in range(9)})

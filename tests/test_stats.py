@@ -357,3 +357,17 @@ def test_models_without_3x3_layers_only(tmp_path: Path) -> None:
     assert {f.verdict for f in result.findings} == {"cannot say"}
     assert len([n for n in result.notes if "no 3x3 conv layers" in n]) == 2
     assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_decile_edges_fall_in_the_lower_bucket(tmp_path: Path) -> None:
+    """11 convs: depths 0, 0.1, ..., 1.0 (3/10 is 0.30000000000000004 in floating point) -> one layer per bucket."""
+    rng = np.random.default_rng(1)
+    store = DatasetStore(str(tmp_path / "ds"))
+    for i, robust in enumerate((True, False)):
+        write_model(store, f"m{i}", "cifar10", [rng.standard_normal((4, 3 if k == 0 else 4, 3, 3)).astype(np.float32)
+                                                for k in range(11)], robust=robust)
+    result = run_stats(str(tmp_path / "ds"), str(tmp_path / "out"), StatsOptions(**FAST))
+    profile = result.tables["depth_profile"]
+    assert sorted(profile[profile.model_id == "m0"].depth_bucket) == list(range(11))
+    assert [reference_bucket(k, 11) for k in range(11)] == list(range(11))
+    assert (profile.n_layers == 1).all()

@@ -1,0 +1,96 @@
+"""Benchmark ``filterlens stats`` on a synthetic dataset of >= 100M filters (not a test).
+
+Generates the dataset once (benchmarks/synthetic_dataset.py, directly as Parquet in
+the dataset layout), then measures
+
+* the read floor: every row group of the filters read (decoded) by the same thread
+  pool, with no computation;
+* ``filterlens stats DATASET --out REPORT`` as a subprocess: wall time, peak RSS,
+  and from its run.json the filters/s of the range pass and of the histogram pass.
+
+The machine is shared: the load average before and after is printed with the figures.
+
+    python benchmarks/bench_stats.py                       # 100M filters in /tmp/filterlens-bench-stats
+    python benchmarks/bench_stats.py --filters 10000000 --root /tmp/bench10m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from synthetic_dataset import generate  # noqa: E402
+
+from pipeline.query import open_dataset  # noqa: E402
+from pipeline.shift import scan  # noqa: E402
+from pipeline.stats import StatsOptions, _open, scan_targets, select_models  # noqa: E402
+
+
+def read_floor(root: str, threads: int) -> dict:
+    """Filters/s of decoding the scan's columns alone, with the scans' thread pool and file opening."""
+    with open_dataset(root) as ds:
+        targets = scan_targets(ds, select_models(ds, StatsOptions()))
+        _, stats = scan(targets, _open(ds), lambda state, t, cols: None, lambda: None, threads)
+    return {"filters": stats.rows, "seconds": stats.seconds, "filters_per_s": stats.rows / stats.seconds}
+
+
+def run_stats_cli(root: str, out: str, threads: int) -> dict:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "-q", "stats", root, "--out", out,
+                           "--threads", str(threads)], cwd=os.path.join(os.path.dirname(__file__), ".."),
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        raise SystemExit(f"filterlens stats failed ({proc.returncode}): {proc.stderr.strip()}")
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with open(os.path.join(out, "run.json")) as f:
+        timings = json.load(f)["timings"]
+    return {"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "timings": timings,
+            "range_pass_filters_per_s": timings["range_pass_filters"] / timings["range_pass"],
+            "histogram_pass_filters_per_s": timings["histogram_pass_filters"] / timings["histogram_pass"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", default="/tmp/filterlens-bench-stats")
+    parser.add_argument("--out", default="/tmp/filterlens-bench-stats-report")
+    parser.add_argument("--filters", type=int, default=100_000_000)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    if not os.path.exists(os.path.join(args.root, "_manifest.json")):
+        print(f"generating {args.filters:,} filters into {args.root} ...", flush=True)
+        print(json.dumps(generate(args.root, args.filters, workers=args.threads)), flush=True)
+    load_before = os.getloadavg()
+    floor = read_floor(args.root, args.threads)
+    cli = run_stats_cli(args.root, args.out, args.threads)
+    load_after = os.getloadavg()
+    cores = args.threads
+    results = {"dataset": args.root, "filters": floor["filters"], "threads": cores,
+               "load_average_before": load_before, "load_average_after": load_after,
+               "read_floor": floor, "stats": cli}
+    print(f"filters                     {floor['filters']:,} ({cores} threads, "
+          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f})")
+    print(f"read floor (decode only)    {floor['filters_per_s'] / 1e6:6.1f} M filters/s "
+          f"({floor['filters_per_s'] / 1e6 / cores:.1f} per core)")
+    print(f"range pass                  {cli['range_pass_filters_per_s'] / 1e6:6.1f} M filters/s "
+          f"({cli['range_pass_filters_per_s'] / 1e6 / cores:.1f} per core)")
+    print(f"histogram pass              {cli['histogram_pass_filters_per_s'] / 1e6:6.1f} M filters/s "
+          f"({cli['histogram_pass_filters_per_s'] / 1e6 / cores:.1f} per core)")
+    print(f"filterlens stats wall time  {cli['wall_s']:6.1f} s (in-process total {cli['timings']['total']:.1f} s)")
+    print(f"peak RSS                    {cli['peak_rss_mib']:6.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
