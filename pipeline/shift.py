@@ -251,7 +251,19 @@ def kernels():  # noqa: ANN201
     with _KERNELS_LOCK:
         if _KERNELS is None:
             _KERNELS = _kernels()
+            _warm_up(*_KERNELS)
     return _KERNELS
+
+
+def _warm_up(range_kernel, histogram_kernel) -> None:  # noqa: ANN001
+    """Compile (or load from numba's cache) for the column types of the filters table, outside any timing."""
+    w = [np.ones(1, np.float32) for _ in range(9)]
+    conv, sparse, group = np.zeros(1, np.int32), np.zeros(1, np.bool_), np.zeros(1, np.int64)
+    for a in [*w, conv]:  # columns arrive from Arrow as read-only arrays: a type of its own to numba
+        a.flags.writeable = False
+    v, mean = np.eye(9), np.zeros(9)
+    range_kernel(*w, conv, sparse, group, v, mean, np.array([np.inf, -np.inf]))
+    histogram_kernel(*w, conv, sparse, group, v, mean, bin_edges(-1.0, 1.0), np.zeros((1, 9, N_BINS), np.int64))
 
 
 def numba_available() -> bool:

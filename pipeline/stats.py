@@ -40,8 +40,11 @@ from pipeline.query import FilterDataset, open_dataset
 from pipeline.shift import (
     N_BINS,
     PCABasis,
+    ScanStats,
     ScanTarget,
+    _row_groups,
     bin_edges,
+    numba_available,
     numba_coefficient_histograms,
     numba_coefficient_range,
     pca_from_statistics,
@@ -78,8 +81,13 @@ class StatsOptions:
     threads: int | None = None
     seed: int = 0
     figures: bool = True
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.engine not in ("auto", "numba", "duckdb"):
+            raise ConfigError(f"--engine must be auto, numba or duckdb, not {self.engine!r}")
+        if self.engine == "numba" and not numba_available():
+            raise ConfigError("--engine numba: numba is not installed (pip install numba) ; use --engine duckdb")
         if self.kl_groups not in ("pairs", "all"):
             raise ConfigError(f"--kl-groups must be 'pairs' or 'all', not {self.kl_groups!r}")
         if self.coef_range is not None and not self.coef_range[1] > self.coef_range[0]:
@@ -115,7 +123,7 @@ class StatsResult:
     bases: dict[str, PCABasis | None]
     galleries: list[Gallery]
     notes: list[str]
-    timings: dict[str, float]
+    timings: dict[str, float | int | str]
     coefficient_range: tuple[float, float] | None
     selection: str
 
@@ -154,7 +162,7 @@ def select_models(ds: FilterDataset, options: StatsOptions) -> pd.DataFrame:
     run_sql(ds, "selected_layers")
     models = ds.con.execute("SELECT * FROM selected_models ORDER BY dataset, robust DESC, model_id").df()
     if models.empty:
-        n_all = ds.con.execute("SELECT count(*) FROM models").fetchone()[0]
+        n_all = ds.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
         raise EmptySelectionError(
             f"the selection ({describe_selection(options)}) matches none of the {n_all} models in {ds.root}; "
             "check --where/--datasets/--threat-models against `filterlens sql DATASET 'SELECT dataset, "
@@ -410,6 +418,70 @@ def _open(ds: FilterDataset):  # noqa: ANN202
     if ds.store.local:
         return pa.memory_map
     return ds.store.fs.open_input_file
+
+
+def scan_engine(options: StatsOptions) -> str:
+    """The engine of the filter scans: numba when installed (auto), else DuckDB SQL."""
+    if options.engine != "auto":
+        return options.engine
+    if numba_available():
+        return "numba"
+    log.warning("numba is not installed: the filter scans run as DuckDB SQL, several times slower")
+    return "duckdb"
+
+
+def _prepare_duckdb_scan(ds: FilterDataset, targets: list[ScanTarget], basis: PCABasis,
+                         edges: np.ndarray | None) -> ScanStats:
+    """Temp tables _scan_groups, _basis and the view _scan_filters for sql/coefficient_*.sql."""
+    groups = [(t.model_id, conv, i * N_BUCKETS + int(bucket)) for i, t in enumerate(targets)
+              for conv, bucket in enumerate(t.group_of_conv) if bucket >= 0]
+    ds.con.register("_scan_groups_df", pd.DataFrame(groups, columns=["model_id", "conv_index", "grp"]).astype(
+        {"conv_index": "int32", "grp": "int64"}))
+    ds.con.execute("CREATE OR REPLACE TEMP TABLE _scan_groups AS SELECT * FROM _scan_groups_df")
+    basis_row = {f"v{k}{j}": basis.components[k, j] for k in range(9) for j in range(9)}
+    basis_row.update({f"m{j}": basis.mean[j] for j in range(9)})
+    if edges is not None:
+        n_bins = len(edges) - 1
+        basis_row.update(lo=edges[0], hi=edges[-1], n_bins=n_bins, norm=n_bins / (edges[-1] - edges[0]),
+                         step=(edges[-1] - edges[0]) / n_bins)
+    ds.con.register("_basis_df", pd.DataFrame([basis_row]))
+    ds.con.execute("CREATE OR REPLACE TEMP TABLE _basis AS SELECT * FROM _basis_df")
+    files = [f for t in targets for f in t.files]
+    if ds.store.local:
+        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        ds.con.execute(f"CREATE OR REPLACE TEMP VIEW _scan_filters AS SELECT * FROM read_parquet([{listing}], "
+                       "hive_partitioning = false)")
+    else:
+        ds.con.register("_scan_filters_arrow", pads.dataset(files, filesystem=ds.store.fs, format="parquet"))
+        ds.con.execute("CREATE OR REPLACE TEMP VIEW _scan_filters AS SELECT * FROM _scan_filters_arrow")
+    return ScanStats(rows=sum(w[3] for w in _row_groups(targets, _open(ds))))
+
+
+def duckdb_coefficient_range(ds: FilterDataset, targets: list[ScanTarget], basis: PCABasis,
+                             ) -> tuple[float, float, ScanStats]:
+    """sql/coefficient_range.sql: the same range as the numba engine, as one DuckDB query."""
+    import time
+
+    stats = _prepare_duckdb_scan(ds, targets, basis, None)
+    started = time.perf_counter()
+    lo, hi, _ = ds.con.execute(load_sql("coefficient_range")).fetchall()[0]
+    stats.seconds = time.perf_counter() - started
+    return (np.inf if lo is None else float(lo)), (-np.inf if hi is None else float(hi)), stats
+
+
+def duckdb_coefficient_histograms(ds: FilterDataset, targets: list[ScanTarget], basis: PCABasis,
+                                  edges: np.ndarray) -> tuple[np.ndarray, ScanStats]:
+    """sql/coefficient_histogram.sql: counts of shape (n_targets, N_BUCKETS, 9, n_bins), as the numba engine."""
+    import time
+
+    stats = _prepare_duckdb_scan(ds, targets, basis, edges)
+    started = time.perf_counter()
+    rows = ds.con.execute(load_sql("coefficient_histogram")).fetchnumpy()
+    stats.seconds = time.perf_counter() - started
+    counts = np.zeros((len(targets) * N_BUCKETS, 9, len(edges) - 1), dtype=np.int64)
+    np.add.at(counts, (rows["grp"].astype(np.int64), rows["k"].astype(np.int64), rows["bin"].astype(np.int64)),
+              rows["n"].astype(np.int64))
+    return counts.reshape(len(targets), N_BUCKETS, 9, len(edges) - 1), stats
 
 
 def group_weights(models: pd.DataFrame, pairs: pd.DataFrame, dataset: str, kl_groups: str,
@@ -739,16 +811,24 @@ def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> S
                       f"{'robust' if models.robust.all() else 'normally trained'} models.")
         else:
             targets = scan_targets(ds, models)
+            engine = scan_engine(options)
+            timings["engine"] = engine
             if options.coef_range:
                 coef_range = tuple(float(x) for x in options.coef_range)
             else:
-                lo, hi, range_stats = numba_coefficient_range(targets, _open(ds), basis, options.threads)
+                if engine == "numba":
+                    lo, hi, range_stats = numba_coefficient_range(targets, _open(ds), basis, options.threads)
+                else:
+                    lo, hi, range_stats = duckdb_coefficient_range(ds, targets, basis)
                 coef_range = (lo, hi)
                 timings["range_pass"] = range_stats.seconds
                 timings["range_pass_filters"] = range_stats.rows
             edges = bin_edges(*coef_range, N_BINS)
-            counts, hist_stats = numba_coefficient_histograms(targets, _open(ds), basis, edges, N_BUCKETS,
-                                                              options.threads)
+            if engine == "numba":
+                counts, hist_stats = numba_coefficient_histograms(targets, _open(ds), basis, edges, N_BUCKETS,
+                                                                  options.threads)
+            else:
+                counts, hist_stats = duckdb_coefficient_histograms(ds, targets, basis, edges)
             timings["histogram_pass"] = hist_stats.seconds
             timings["histogram_pass_filters"] = hist_stats.rows
             shift = distribution_shift(counts, targets, models, pairs, basis, edges, options)

@@ -371,3 +371,26 @@ def test_decile_edges_fall_in_the_lower_bucket(tmp_path: Path) -> None:
     assert sorted(profile[profile.model_id == "m0"].depth_bucket) == list(range(11))
     assert [reference_bucket(k, 11) for k in range(11)] == list(range(11))
     assert (profile.n_layers == 1).all()
+
+
+def test_duckdb_engine_gives_the_same_numbers(planted: tuple, tmp_path: Path) -> None:
+    root, _, result = planted
+    other = run_stats(str(root), str(tmp_path), StatsOptions(engine="duckdb", permutations=199, figures=False))
+    assert other.timings["engine"] == "duckdb" and result.timings["engine"] == "numba"
+    assert other.coefficient_range == result.coefficient_range
+    pd.testing.assert_frame_equal(other.tables["coefficient_histograms"], result.tables["coefficient_histograms"])
+    pd.testing.assert_frame_equal(other.tables["distribution_shift"], result.tables["distribution_shift"])
+
+
+def test_a_dataset_behind_a_uri_gives_the_same_numbers(tmp_path: Path) -> None:
+    stores = [DatasetStore(str(tmp_path / "local")), DatasetStore("memory://filterlens-stats-test/ds")]
+    for store in stores:
+        rng = np.random.default_rng(5)
+        for i in range(3):
+            write_model(store, f"r{i}", "cifar10", tiny_weights(rng, True), True)
+            write_model(store, f"n{i}", "cifar10", tiny_weights(rng, False), False)
+    local, remote = (run_stats(root, str(tmp_path / f"out{i}"), StatsOptions(**FAST))
+                     for i, root in enumerate([str(tmp_path / "local"), "memory://filterlens-stats-test/ds"]))
+    for name in ("depth_profile", "coefficient_histograms", "distribution_shift"):
+        pd.testing.assert_frame_equal(local.tables[name], remote.tables[name])
+    assert [g.model_id for g in remote.galleries] == [g.model_id for g in local.galleries] == ["r0", "n0", "r1"]

@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--permutations", type=int, default=199,
                    help="label permutations for the divergence test (0: none; default 199)")
     p.add_argument("--threads", type=int, help="threads for DuckDB and the filter scans (default: all cores)")
+    p.add_argument("--engine", choices=("auto", "numba", "duckdb"), default="auto",
+                   help="filter scans as a compiled kernel (numba, the default when installed) or as DuckDB SQL "
+                        "(sql/coefficient_*.sql; same numbers, several times slower)")
     p.add_argument("--no-figures", action="store_true", help="tables and report text only")
     p.set_defaults(func=run)
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
                            pairs_csv=args.pairs, kl_groups=args.kl_groups,
                            coef_range=tuple(args.coef_range) if args.coef_range else None, gallery=args.gallery,
                            gallery_pairs=args.gallery_pairs, alpha=args.alpha, min_models=args.min_models,
-                           permutations=args.permutations, threads=args.threads, figures=not args.no_figures)
+                           permutations=args.permutations, threads=args.threads, figures=not args.no_figures,
+                           engine=args.engine)
     result = run_stats(args.dataset, args.out, options)
     for note in result.notes:
         log.warning("%s", note)
