@@ -155,31 +155,33 @@ def gallery_tiles(gallery: Gallery, limit: int = 64) -> tuple[np.ndarray, bool]:
     return w.reshape(-1, 3, 3)[:limit].astype(np.float64), False
 
 
+def mosaic(tiles: np.ndarray, rgb: bool, cols: int = 16) -> np.ndarray:
+    """One RGB image of 3x3 tiles with a 1-pixel white gap (grey tiles through a diverging colormap)."""
+    if not rgb:
+        limit = np.abs(tiles).max() or 1.0
+        tiles = plt.get_cmap("coolwarm")((tiles / limit + 1) / 2)[..., :3]
+    rows = int(np.ceil(len(tiles) / cols))
+    image = np.ones((rows * 4 + 1, min(cols, len(tiles)) * 4 + 1, 3))
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, cols)
+        image[1 + 4 * r:4 + 4 * r, 1 + 4 * c:4 + 4 * c] = tile
+    return image
+
+
 def gallery_figure(galleries: list[Gallery], out_dir: str) -> str | None:
+    """First-layer filters, one mosaic per model (robust and normal of a pair one after the other)."""
     if not galleries:
         return None
-    cols = 16
-    panels = [gallery_tiles(g) for g in galleries]
-    rows_per = [int(np.ceil(len(t) / cols)) for t, _ in panels]
-    fig = plt.figure(figsize=(cols * 0.45, sum(rows_per) * 0.45 + 0.45 * len(galleries)))
-    grid = fig.add_gridspec(sum(rows_per) + len(galleries), cols, hspace=0.15, wspace=0.15)
-    row = 0
-    for g, (tiles, rgb), n_rows in zip(galleries, panels, rows_per, strict=True):
-        title = fig.add_subplot(grid[row, :])
-        title.axis("off")
-        title.text(0, 0.2, f"{'robust' if g.robust else 'normal'} | {g.model_id} | {g.layer_name} "
-                   f"({'RGB' if rgb else 'per filter'})", fontsize=8)
-        row += 1
-        limit = np.abs(tiles).max() or 1
-        for i, tile in enumerate(tiles):
-            ax = fig.add_subplot(grid[row + i // cols, i % cols])
-            if rgb:
-                ax.imshow(tile)
-            else:
-                ax.imshow(tile, cmap="coolwarm", vmin=-limit, vmax=limit)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        row += n_rows
+    images = [mosaic(*gallery_tiles(g)) for g in galleries]
+    fig, axes = plt.subplots(len(images), 1, figsize=(8, sum(0.13 * i.shape[0] + 0.35 for i in images)),
+                             squeeze=False)
+    for ax, g, image in zip(axes[:, 0], galleries, images, strict=True):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_axis_off()
+        rgb = g.in_channels == 3 and g.weights.shape[1] == 3
+        ax.set_title(f"{'robust' if g.robust else 'normal'} | {g.model_id} | {g.layer_name} "
+                     f"({'RGB' if rgb else 'per filter'})", fontsize=8, loc="left")
+    fig.tight_layout()
     return _save(fig, out_dir, "first_layer_gallery")
 
 
