@@ -122,6 +122,14 @@ def robustbench_entry(dataset: str, threat_model: str, name: str) -> dict:
     return models[name]
 
 
+def robustbench_timm_name(spec: ArchSpec) -> str | None:
+    """The timm model name robustbench.load_model uses for a zoo entry, when timm has it."""
+    import timm
+
+    name = f"{spec.name.lower().replace('-', '_')}_{spec.dataset.lower()}_{spec.threat_model.lower()}"
+    return name if timm.is_model(name) else None
+
+
 @contextlib.contextmanager
 def _no_pretrained_downloads() -> Iterator[None]:
     """Make zoo factories build random-init models: pretrained=True is turned off and hub downloads fail."""
@@ -168,6 +176,14 @@ def instantiate(spec: ArchSpec, num_classes: int | None = None) -> nn.Module:
     try:
         if spec.kind == "robustbench":
             entry = robustbench_entry(spec.dataset, spec.threat_model, spec.name)
+            timm_name = robustbench_timm_name(spec)
+            if timm_name:  # robustbench.load_model serves these through timm, as we do
+                import timm
+                from robustbench.model_zoo.enums import BenchmarkDataset
+                from robustbench.utils import DATASET_CLASSES
+
+                return timm.create_model(timm_name, pretrained=False,
+                                         num_classes=DATASET_CLASSES[BenchmarkDataset(spec.dataset)])
             with _no_pretrained_downloads(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return entry["model"]()

@@ -432,5 +432,8 @@ class ModelWriter:
                     self.store._delete_file(info.path)
             if not self.store._list(directory):
                 self.store._delete_dir(directory)
+        for info in self.store._list(self.store.path("models")):
+            if info.base_name.startswith(f".part-{self.slug}.parquet.") and info.base_name.endswith(".tmp"):
+                self.store._delete_file(info.path)
         self.store.clear_failure(self.slug)
         return committed
