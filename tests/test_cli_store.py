@@ -131,7 +131,7 @@ CRASH_POINTS = {
         from pipeline import store
         original = store.ModelWriter.commit
         def crash(self, layers, row):
-            self._flush(final=True); self._close_file()
+            self.finish_filters()
             os.kill(os.getpid(), signal.SIGKILL)
         store.ModelWriter.commit = crash
     """,
@@ -194,8 +194,7 @@ def test_cleanup_orphans_removes_only_uncommitted_files(dataset_with_good_model:
 
     writer.add_filters(filter_batch("ghost", "cifar10", slugify("ghost"), 0, torch.randn(2, 2, 3, 3),
                                     torch.zeros(4, dtype=torch.bool)))
-    writer._flush(final=True)
-    writer._close_file()  # written but never committed: an orphan
+    writer.finish_filters()  # written but never committed: an orphan
     committed = set(store.committed_files("filters"))
     removed = store.cleanup_orphans()
     assert removed and all("model=ghost" in p for p in removed)
