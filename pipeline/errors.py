@@ -16,6 +16,10 @@ class FilterlensError(Exception):
     transient = False
     exit_code = 1
 
+    def __init__(self, message: str = "", attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
 
 # --- checkpoint loading (stage "load") -------------------------------------------------
 class CheckpointError(FilterlensError):
@@ -115,6 +119,13 @@ class ConfigError(FilterlensError):
     exit_code = 2
 
 
+class SchedulingError(FilterlensError):
+    """The cluster cannot run the work as asked (e.g. no GPU for GPU actors, actors never start)."""
+
+    stage = "config"
+    exit_code = 2
+
+
 class QueryError(FilterlensError):
     """A SQL query was rejected or failed."""
 
@@ -129,6 +140,6 @@ def describe(exc: BaseException) -> tuple[str, str, bool]:
     deterministic, except the OS/network errors that retrying can fix.
     """
     if isinstance(exc, FilterlensError):
-        return exc.stage, type(exc).__name__, exc.transient
+        return exc.stage, getattr(exc, "error_class", type(exc).__name__), exc.transient
     transient = isinstance(exc, (ConnectionError, TimeoutError))
     return "extract", type(exc).__name__, transient

@@ -117,6 +117,7 @@ class StoredModel:
     n_filter_files: int
     checkpoint_sha256: str
     schema_version: int
+    source_uri: str | None = None
 
 
 class DatasetStore:
@@ -219,10 +220,19 @@ class DatasetStore:
     def stored_models(self) -> dict[str, StoredModel]:
         """Committed models by model_id."""
         table = self.models().select(["model_id", "dataset", "model", "write_id", "n_filter_files",
-                                      "checkpoint_sha256", "schema_version"])
+                                      "checkpoint_sha256", "schema_version", "source_uri"])
         return {row["model_id"]: StoredModel(row["model_id"], row["dataset"], row["model"], row["write_id"],
-                                             row["n_filter_files"], row["checkpoint_sha256"], row["schema_version"])
+                                             row["n_filter_files"], row["checkpoint_sha256"], row["schema_version"],
+                                             row["source_uri"])
                 for row in table.to_pylist()}
+
+    def complete_models(self) -> dict[str, StoredModel]:
+        """Committed models under the current schema whose files all exist (one listing, for build plans)."""
+        present = {info.path for table in ("layers", "filters")
+                   for info in self._list(self.path(table), recursive=True) if info.type == pafs.FileType.File}
+        return {model_id: model for model_id, model in self.stored_models().items()
+                if model.schema_version == schema_version()
+                and self.layer_file(model) in present and all(f in present for f in self.filter_files(model))}
 
     def committed_files(self, table: str, models: Iterable[StoredModel] | None = None) -> list[str]:
         """Exactly the files of committed model versions for ``layers`` or ``filters`` (what views read)."""
