@@ -209,35 +209,40 @@ def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: Dataset
     """Process the models one after another in this process (no Ray)."""
     summary = BuildSummary()
     max_bytes = config.cache_max_gb * 1e9 if config.cache_max_gb else None
+
+    def fail(entry: ZooEntry, exc: BaseException, attempts: int, started: float) -> None:
+        summary.failures.append(record_build_failure(store, entry, exc, attempts, time.perf_counter() - started))
+        summary.failed += 1
+        progress.model_done(failed=True)
+
     for entry in entries:
         started = time.perf_counter()
+        try:  # downloads retry transient errors themselves
+            fetched = fetch_entry(entry, config.cache_dir, config.mirror, config.policy(), progress.add_bytes)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a failures row
+            fail(entry, exc, getattr(exc, "attempts", 1), started)
+            continue
+        summary.downloaded_bytes += fetched.downloaded_bytes
+        summary.download_seconds += fetched.seconds
         for attempt in range(1, config.retries + 1):
-            stage = "download"
+            t = time.perf_counter()
             try:
-                fetched = fetch_entry(entry, config.cache_dir, config.mirror, config.policy(), progress.add_bytes)
-                summary.downloaded_bytes += fetched.downloaded_bytes
-                summary.download_seconds += fetched.seconds
-                stage = None
-                t = time.perf_counter()
                 result = extract_fetched(entry, fetched, store, config.device, config.force, config.keep_checkpoints)
-                summary.extract_seconds += time.perf_counter() - t
-                enforce_cache_budget(config.cache_dir, max_bytes, set())
-                summary.done += not result.skipped
-                summary.skipped += result.skipped
-                summary.filters += result.n_filters
-                progress.model_done(result.n_filters)
-                break
             except Exception as exc:  # noqa: BLE001 - every failure becomes a failures row
-                _, _, transient = describe(exc)
-                attempts = max(attempt, getattr(exc, "attempts", 1))
-                if transient and attempts < config.retries:
+                if describe(exc)[2] and attempt < config.retries:
                     log.info("%s: transient %s, retrying", entry.id, type(exc).__name__)
                     continue
-                summary.failures.append(record_build_failure(store, entry, exc, attempts,
-                                                             time.perf_counter() - started, stage))
-                summary.failed += 1
-                progress.model_done(failed=True)
+                if not config.keep_checkpoints:
+                    fetched.delete_owned()
+                fail(entry, exc, attempt, started)
                 break
+            summary.extract_seconds += time.perf_counter() - t
+            summary.done += not result.skipped
+            summary.skipped += result.skipped
+            summary.filters += result.n_filters
+            progress.model_done(result.n_filters)
+            break
+        enforce_cache_budget(config.cache_dir, max_bytes, set())
     return summary
 
 

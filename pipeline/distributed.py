@@ -95,12 +95,16 @@ class Extractor:
         return ray.get_runtime_context().get_node_id()
 
     def extract(self, entry: dict, fetched: dict, force: bool) -> dict:
+        checkpoint = FetchedCheckpoint(**fetched)
         try:
-            result = extract_fetched(ZooEntry(**entry), FetchedCheckpoint(**fetched), self.store, self.device,
-                                     force, self.keep_checkpoints)
+            result = extract_fetched(ZooEntry(**entry), checkpoint, self.store, self.device, force,
+                                     self.keep_checkpoints)
             return {"result": asdict(result)}
         except Exception as exc:  # noqa: BLE001 - failures travel as values
-            return _failure_value(exc)
+            failure = _failure_value(exc)
+            if not failure["error"]["transient"] and not self.keep_checkpoints:
+                checkpoint.delete_owned()  # it will not be retried: free the cache on this node
+            return failure
 
 
 def connect(address: str | None) -> None:

@@ -84,6 +84,12 @@ class SourceNotFoundError(DownloadError):
     transient = False
 
 
+class RefusedDownloadError(DownloadError):
+    """The server answered, but not with the file (access denied, quota page, login page)."""
+
+    transient = False
+
+
 class ChecksumMismatchError(DownloadError):
     """The downloaded bytes do not have the expected sha256."""
 

@@ -26,14 +26,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.errors import ChecksumMismatchError, DownloadError, SourceNotFoundError
+from pipeline.errors import (
+    ChecksumMismatchError,
+    DownloadError,
+    RefusedDownloadError,
+    SourceNotFoundError,
+)
 from pipeline.sources.zoo import ZooEntry
 from pipeline.store import slugify
 
 log = logging.getLogger(__name__)
 
 GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 
 
 @dataclass
@@ -128,13 +133,13 @@ def download_http(url: str, dest: Path, policy: FetchPolicy, on_bytes: Callable[
                 if response.status_code == 416 and have:  # nothing left to send: the part is complete
                     break
                 if response.status_code in (401, 403):
-                    raise DownloadError(f"{url}: HTTP {response.status_code} (access denied; quota or credentials)")
+                    raise RefusedDownloadError(f"{url}: HTTP {response.status_code} (access denied; quota or credentials)")
                 if response.status_code == 429 or response.status_code >= 500:
                     raise ConnectionError(f"HTTP {response.status_code}")
                 if response.status_code not in (200, 206):
                     raise DownloadError(f"{url}: unexpected HTTP {response.status_code}")
                 if "text/html" in response.headers.get("Content-Type", ""):
-                    raise DownloadError(f"{url}: the server sent a web page instead of a file "
+                    raise RefusedDownloadError(f"{url}: the server sent a web page instead of a file "
                                         "(Google Drive quota exceeded or a login page?)")
                 resumed = response.status_code == 206
                 expected = response.headers.get("Content-Length")
