@@ -122,6 +122,14 @@ def robustbench_entry(dataset: str, threat_model: str, name: str) -> dict:
     return models[name]
 
 
+def robustbench_timm_name(spec: ArchSpec) -> str | None:
+    """The timm model name robustbench.load_model uses for a zoo entry, when timm has it."""
+    import timm
+
+    name = f"{spec.name.lower().replace('-', '_')}_{spec.dataset.lower()}_{spec.threat_model.lower()}"
+    return name if timm.is_model(name) else None
+
+
 @contextlib.contextmanager
 def _no_pretrained_downloads() -> Iterator[None]:
     """Make zoo factories build random-init models: pretrained=True is turned off and hub downloads fail."""
@@ -163,11 +171,28 @@ def _no_pretrained_downloads() -> Iterator[None]:
             setattr(tv_models, builder_name, builder)
 
 
-def instantiate(spec: ArchSpec, num_classes: int | None = None) -> nn.Module:
-    """Build the (randomly initialised) network named by ``spec``; never downloads weights."""
+def instantiate(spec: ArchSpec, num_classes: int | None = None, on_meta: bool = False) -> nn.Module:
+    """Build the (randomly initialised) network named by ``spec``; never downloads weights.
+
+    ``on_meta`` builds it on PyTorch's meta device: no memory and no random
+    initialisation, for models whose weights are about to be replaced anyway.
+    """
+    with torch.device("meta") if on_meta else contextlib.nullcontext():
+        return _build(spec, num_classes)
+
+
+def _build(spec: ArchSpec, num_classes: int | None) -> nn.Module:
     try:
         if spec.kind == "robustbench":
             entry = robustbench_entry(spec.dataset, spec.threat_model, spec.name)
+            timm_name = robustbench_timm_name(spec)
+            if timm_name:  # robustbench.load_model serves these through timm, as we do
+                import timm
+                from robustbench.model_zoo.enums import BenchmarkDataset
+                from robustbench.utils import DATASET_CLASSES
+
+                return timm.create_model(timm_name, pretrained=False,
+                                         num_classes=DATASET_CLASSES[BenchmarkDataset(spec.dataset)])
             with _no_pretrained_downloads(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return entry["model"]()
@@ -253,6 +278,8 @@ class BindReport:
     alignments: list[str] = field(default_factory=list)
     missing_buffers: list[str] = field(default_factory=list)
     tolerated_unexpected: list[str] = field(default_factory=list)
+    source_dtypes: dict[str, str] = field(default_factory=dict)
+    """Checkpoint dtype of tensors cast to the module's dtype (key as bound, e.g. ``models.0.conv1.weight``)."""
 
 
 def bind_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], where: str,
@@ -285,9 +312,18 @@ def bind_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], w
             parts.append(f"{len(shape_errors)} shape mismatches: {_sample(shape_errors, 3)}")
         raise ArchitectureMismatchError(
             f"checkpoint does not fit {where} ({'; '.join(parts)}); check --arch or the checkpoint")
-    report.missing_buffers += [f"{where}.{k}" if where != "model" else k for k in sorted(missing)]
-    loadable = {k: v for k, v in aligned.items() if k in target}
-    module.load_state_dict(loadable, strict=False)
+    prefix = "" if where == "model" else f"{where}."
+    report.missing_buffers += [prefix + k for k in sorted(missing)]
+    loadable = {}
+    for key, value in aligned.items():
+        if key not in target:
+            continue
+        if value.dtype != target[key].dtype and value.is_floating_point():
+            report.source_dtypes[prefix + key] = str(value.dtype).removeprefix("torch.")
+            value = value.to(target[key].dtype)
+        loadable[key] = value
+    # assign: the module takes the checkpoint's tensors themselves (no copy; works on meta modules)
+    module.load_state_dict(loadable, strict=False, assign=True)
 
 
 def bind_members(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]],
@@ -386,3 +422,57 @@ def trace_convs(model: nn.Module, input_shape: Sequence[int], device: torch.devi
                         stride=_fmt_pair(m.stride), dilation=_fmt_pair(m.dilation), has_bias=m.bias is not None)
              for m in order]
     return TraceResult(convs=convs, n_params=n_params, n_params_unused=n_unused)
+
+
+def materialize_meta_tensors(model: nn.Module) -> None:
+    """Give tensors still on the meta device (buffers the checkpoint lacked) real storage.
+
+    Variances and scales become ones, everything else zeros: values only matter
+    for the dummy forward pass, which only has to run, not to be accurate.
+    """
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name, tensor in list(store.items()):
+                if tensor is not None and tensor.is_meta:
+                    fill = torch.ones if any(s in name for s in ("var", "std", "sigma", "scale")) else torch.zeros
+                    value = fill(tensor.shape, dtype=tensor.dtype)
+                    store[name] = nn.Parameter(value, requires_grad=False) if isinstance(tensor, nn.Parameter) else value
+
+
+@dataclass
+class BoundModel:
+    traced: TraceResult
+    report: BindReport
+    input_shape: tuple[int, ...]
+
+
+def bind_and_trace(spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]], raw_members: Sequence[object],
+                   device: torch.device, dataset: str | None = None, input_shape: tuple[int, ...] | None = None,
+                   num_classes: int | None = None) -> BoundModel:
+    """Build ``spec``, bind the weights, and trace the conv order.
+
+    The model is first built on the meta device (no random initialisation: the
+    weights come from the checkpoint); code that cannot run that way falls back
+    to an ordinary build. Mismatches between checkpoint and architecture are
+    raised either way.
+    """
+    last_error: Exception | None = None
+    for on_meta in (True, False):
+        try:
+            model = instantiate(spec, num_classes=num_classes, on_meta=on_meta)
+            report = bind_members(model, spec, state_dicts, raw_members)
+            if on_meta:
+                materialize_meta_tensors(model)
+            shape = input_shape or input_shape_for(spec, dataset, model)
+            traced = trace_convs(model, shape, device)
+            for conv in traced.convs:
+                conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
+            return BoundModel(traced, report, shape)
+        except (ArchitectureMismatchError, UnknownArchitectureError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried once without the meta device
+            if not on_meta:
+                raise
+            log.debug("meta-device build of %s failed (%s); building it normally", spec, exc)
+            last_error = exc
+    raise ForwardPassError(str(last_error))

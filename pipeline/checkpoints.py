@@ -67,6 +67,8 @@ class ConvWeight:
     stride: str | None = None
     dilation: str | None = None
     has_bias: bool | None = None
+    source_dtype: str | None = None
+    """dtype in the checkpoint when the weight was cast on binding (else the weight's own)."""
 
 
 @dataclass
@@ -245,8 +247,11 @@ def _onnx_convs(path: Path) -> tuple[list[ConvWeight], int]:
     return convs, n_params
 
 
-def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> LoadedCheckpoint:
+def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike],
+                    digest: tuple[str, int] | None = None) -> LoadedCheckpoint:
     """Load one checkpoint file, or several files that form one ensemble, safely.
+
+    ``digest`` is the (sha256, bytes) of the files when the caller already has it.
 
     Raises CheckpointNotFoundError, NotACheckpointError, CorruptCheckpointError,
     UnsafeCheckpointError or NoConvWeightsError with a one-line explanation.
@@ -260,7 +265,7 @@ def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> L
         if not path.is_file():
             raise CheckpointNotFoundError(f"{path}: no such checkpoint file")
     formats = [detect_format(p) for p in paths]
-    sha256, n_bytes = sha256_of_files(paths)
+    sha256, n_bytes = digest or sha256_of_files(paths)
     loaded = LoadedCheckpoint(paths=[str(p) for p in paths], format=formats[0], sha256=sha256, n_bytes=n_bytes)
 
     if "onnx" in formats:

@@ -16,6 +16,10 @@ class FilterlensError(Exception):
     transient = False
     exit_code = 1
 
+    def __init__(self, message: str = "", attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
 
 # --- checkpoint loading (stage "load") -------------------------------------------------
 class CheckpointError(FilterlensError):
@@ -80,6 +84,12 @@ class SourceNotFoundError(DownloadError):
     transient = False
 
 
+class RefusedDownloadError(DownloadError):
+    """The server answered, but not with the file (access denied, quota page, login page)."""
+
+    transient = False
+
+
 class ChecksumMismatchError(DownloadError):
     """The downloaded bytes do not have the expected sha256."""
 
@@ -115,6 +125,13 @@ class ConfigError(FilterlensError):
     exit_code = 2
 
 
+class SchedulingError(FilterlensError):
+    """The cluster cannot run the work as asked (e.g. no GPU for GPU actors, actors never start)."""
+
+    stage = "config"
+    exit_code = 2
+
+
 class QueryError(FilterlensError):
     """A SQL query was rejected or failed."""
 
@@ -141,6 +158,6 @@ def describe(exc: BaseException) -> tuple[str, str, bool]:
     deterministic, except the OS/network errors that retrying can fix.
     """
     if isinstance(exc, FilterlensError):
-        return exc.stage, type(exc).__name__, exc.transient
+        return exc.stage, getattr(exc, "error_class", type(exc).__name__), exc.transient
     transient = isinstance(exc, (ConnectionError, TimeoutError))
     return "extract", type(exc).__name__, transient

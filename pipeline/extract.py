@@ -19,15 +19,7 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from pipeline.architectures import (
-    ArchSpec,
-    BindReport,
-    bind_members,
-    input_shape_for,
-    instantiate,
-    parse_arch_spec,
-    trace_convs,
-)
+from pipeline.architectures import ArchSpec, BindReport, bind_and_trace, parse_arch_spec
 from pipeline.checkpoints import (
     ConvWeight,
     LoadedCheckpoint,
@@ -38,7 +30,7 @@ from pipeline.checkpoints import (
 from pipeline.errors import ConfigError, NoConvWeightsError, describe
 from pipeline.metrics import layer_metrics, weight_statistics
 from pipeline.schema import arrow_schema, to_table
-from pipeline.store import DatasetStore, slugify
+from pipeline.store import DatasetStore, filters_write_schema, slugify
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +132,11 @@ def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch
         return OrderedConvs(convs, "state_dict", n_params, None, None, None)
     spec: ArchSpec = parse_arch_spec(request.arch)
     num_classes = _num_classes(loaded.state_dicts) if spec.kind in ("timm", "torchvision") else None
-    model = instantiate(spec, num_classes=num_classes)
-    report = bind_members(model, spec, loaded.state_dicts, loaded.raw_members)
-    shape = request.input_shape or input_shape_for(spec, request.dataset, model)
-    traced = trace_convs(model, shape, device)
-    return OrderedConvs(traced.convs, "forward", traced.n_params, traced.n_params_unused, shape, report)
+    bound = bind_and_trace(spec, loaded.state_dicts, loaded.raw_members, device, dataset=request.dataset,
+                           input_shape=request.input_shape, num_classes=num_classes)
+    traced = bound.traced
+    return OrderedConvs(traced.convs, "forward", traced.n_params, traced.n_params_unused, bound.input_shape,
+                        bound.report)
 
 
 def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight: torch.Tensor,
@@ -154,10 +146,11 @@ def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight
     c_out, c_in = int(w.shape[0]), int(w.shape[1])
     n = c_out * c_in
     by_position = np.ascontiguousarray(w.reshape(n, 9).numpy().T)
+    zeros = pa.array(np.zeros(n, dtype=np.int32))
     columns = {
-        "model_id": pa.repeat(pa.scalar(model_id), n),
-        "dataset": pa.repeat(pa.scalar(dataset), n),
-        "model": pa.repeat(pa.scalar(slug), n),
+        "model_id": pa.DictionaryArray.from_arrays(zeros, pa.array([model_id])),
+        "dataset": pa.DictionaryArray.from_arrays(zeros, pa.array([dataset])),
+        "model": pa.DictionaryArray.from_arrays(zeros, pa.array([slug])),
         "conv_index": pa.array(np.full(n, conv_index, dtype=np.int32)),
         "out_channel": pa.array(np.repeat(np.arange(c_out, dtype=np.int32), c_in)),
         "in_channel": pa.array(np.tile(np.arange(c_in, dtype=np.int32), c_out)),
@@ -165,7 +158,7 @@ def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight
     }
     for k in range(9):
         columns[f"w{k}"] = pa.array(by_position[k])
-    schema = arrow_schema("filters")
+    schema = filters_write_schema()
     return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
@@ -182,13 +175,12 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     """
     started = time.perf_counter()
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    sha256, _ = sha256_of_files(request.checkpoints) if all(
-        os.path.isfile(p) for p in request.checkpoints) else ("", 0)
-    if sha256 and not force and store.is_complete(request.model_id, sha256):
-        log.info("%s: already complete (sha256 %s), skipping", request.model_id, sha256[:12])
-        return ExtractResult(request.model_id, True, sha256, device=str(torch_device))
+    digest = sha256_of_files(request.checkpoints) if all(os.path.isfile(p) for p in request.checkpoints) else None
+    if digest and not force and store.is_complete(request.model_id, digest[0]):
+        log.info("%s: already complete (sha256 %s), skipping", request.model_id, digest[0][:12])
+        return ExtractResult(request.model_id, True, digest[0], device=str(torch_device))
 
-    loaded = load_checkpoint(request.checkpoints)
+    loaded = load_checkpoint(request.checkpoints, digest=digest)
     ordered = ordered_convs(request, loaded, torch_device)
     convs = ordered.convs
     n_conv = len(convs)
@@ -269,7 +261,7 @@ def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: Conv
         "stride": conv.stride,
         "dilation": conv.dilation,
         "has_bias": conv.has_bias,
-        "weight_dtype": _dtype_name(weight.dtype),
+        "weight_dtype": conv.source_dtype or _dtype_name(weight.dtype),
     }
     on_device = weight.detach().to(device)
     if (kh, kw) != (3, 3):

@@ -23,7 +23,9 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
+import threading
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +50,23 @@ FLOAT_ENCODING = "BYTE_STREAM_SPLIT"
 COMPRESSION = "zstd"
 MANIFEST = "_manifest.json"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
+
+
+CONSTANT_COLUMNS = ("model_id", "dataset", "model")
+"""filters columns that hold one value per model: written from dictionary arrays (no per-row strings)."""
+
+
+def filters_write_schema() -> pa.Schema:
+    """The filters schema as the writer receives it: constant string columns as dictionaries.
+
+    Files are written without the Arrow schema blob, so readers see plain UTF-8
+    string columns, exactly the types in schemas/filters.yaml.
+    """
+    schema = arrow_schema("filters")
+    for name in CONSTANT_COLUMNS:
+        index = schema.get_field_index(name)
+        schema = schema.set(index, pa.field(name, pa.dictionary(pa.int32(), pa.string()), nullable=False))
+    return schema
 
 
 def slugify(key: str) -> str:
@@ -98,6 +117,7 @@ class StoredModel:
     n_filter_files: int
     checkpoint_sha256: str
     schema_version: int
+    source_uri: str | None = None
 
 
 class DatasetStore:
@@ -200,10 +220,19 @@ class DatasetStore:
     def stored_models(self) -> dict[str, StoredModel]:
         """Committed models by model_id."""
         table = self.models().select(["model_id", "dataset", "model", "write_id", "n_filter_files",
-                                      "checkpoint_sha256", "schema_version"])
+                                      "checkpoint_sha256", "schema_version", "source_uri"])
         return {row["model_id"]: StoredModel(row["model_id"], row["dataset"], row["model"], row["write_id"],
-                                             row["n_filter_files"], row["checkpoint_sha256"], row["schema_version"])
+                                             row["n_filter_files"], row["checkpoint_sha256"], row["schema_version"],
+                                             row["source_uri"])
                 for row in table.to_pylist()}
+
+    def complete_models(self) -> dict[str, StoredModel]:
+        """Committed models under the current schema whose files all exist (one listing, for build plans)."""
+        present = {info.path for table in ("layers", "filters")
+                   for info in self._list(self.path(table), recursive=True) if info.type == pafs.FileType.File}
+        return {model_id: model for model_id, model in self.stored_models().items()
+                if model.schema_version == schema_version()
+                and self.layer_file(model) in present and all(f in present for f in self.filter_files(model))}
 
     def committed_files(self, table: str, models: Iterable[StoredModel] | None = None) -> list[str]:
         """Exactly the files of committed model versions for ``layers`` or ``filters`` (what views read)."""
@@ -308,6 +337,9 @@ class DatasetStore:
         return manifest
 
 
+_STOP = object()
+
+
 @dataclass
 class _FilterBuffer:
     batches: list[pa.RecordBatch] = field(default_factory=list)
@@ -332,7 +364,11 @@ class ModelWriter:
         self._open_path = ""
         self.n_filters = 0
         self._closed = False
-        self._schema = arrow_schema("filters")
+        self._schema = filters_write_schema()
+        # Row groups are compressed and written by a background thread, overlapping the metrics.
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def _open_file(self) -> None:
         path = f"{self.filters_dir}/part-{self.write_id}-{len(self._files)}.parquet"
@@ -340,9 +376,10 @@ class ModelWriter:
         self._open_path = self.store.temp_path(path)
         self._writer = pq.ParquetWriter(
             self._open_path, self._schema, filesystem=self.store.fs, compression=COMPRESSION,
-            use_dictionary=["model_id", "dataset", "model", "conv_index", "sparse"],
+            use_dictionary=[*CONSTANT_COLUMNS, "conv_index", "sparse"],
             column_encoding={c: FLOAT_ENCODING for c in WEIGHT_COLUMNS},
             write_statistics=True,
+            store_schema=False,
         )
         self._files.append(path)
         self._file_rows = 0
@@ -372,9 +409,42 @@ class ModelWriter:
         full = (table.num_rows // FILTER_ROWS_PER_GROUP) * FILTER_ROWS_PER_GROUP
         cut = table.num_rows if final else full
         if cut:
-            self._write_rows(table.slice(0, cut))
+            self._submit(table.slice(0, cut))
         rest = table.slice(cut)
-        self._buffer = _FilterBuffer(rest.combine_chunks().to_batches() if rest.num_rows else [], rest.num_rows)
+        self._buffer = _FilterBuffer(rest.to_batches() if rest.num_rows else [], rest.num_rows)
+
+    def _writer_loop(self) -> None:
+        while (table := self._queue.get()) is not _STOP:
+            if self._error is None:
+                try:
+                    self._write_rows(table)
+                except BaseException as exc:  # noqa: BLE001 - handed to the producer thread
+                    self._error = exc
+
+    def _submit(self, table: pa.Table) -> None:
+        self._raise_writer_error()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._writer_loop, name=f"write-{self.slug}", daemon=True)
+            self._thread.start()
+        self._queue.put(table)
+
+    def _drain(self) -> None:
+        """Wait until the background writer has written everything submitted."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _raise_writer_error(self) -> None:
+        if self._error is not None:
+            raise StoreError(f"writing filters of {self.model_id} failed: {self._error}") from self._error
+
+    def finish_filters(self) -> None:
+        """Write out all buffered filters and close the last file (before the layers and the commit)."""
+        self._flush(final=True)
+        self._drain()
+        self._raise_writer_error()
+        self._close_file()
 
     def add_filters(self, batch: pa.RecordBatch) -> None:
         """Append filter rows (one layer's, say); written out in full row groups."""
@@ -391,6 +461,7 @@ class ModelWriter:
         if self._closed:
             return
         self._closed = True
+        self._drain()
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -404,8 +475,7 @@ class ModelWriter:
     def commit(self, layers: pa.Table, model_row: dict) -> StoredModel:
         """Write the layers file and then the models row (the commit); delete the previous version's files."""
         try:
-            self._flush(final=True)
-            self._close_file()
+            self.finish_filters()
             layers_path = f"{self.layers_dir}/part-{self.write_id}.parquet"
             self.store._write_table_atomic(layers, layers_path, row_group_size=1 << 20)
             previous = self.store.stored_models().get(self.model_id)
@@ -432,5 +502,8 @@ class ModelWriter:
                     self.store._delete_file(info.path)
             if not self.store._list(directory):
                 self.store._delete_dir(directory)
+        for info in self.store._list(self.store.path("models")):
+            if info.base_name.startswith(f".part-{self.slug}.parquet.") and info.base_name.endswith(".tmp"):
+                self.store._delete_file(info.path)
         self.store.clear_failure(self.slug)
         return committed

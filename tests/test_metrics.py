@@ -139,7 +139,7 @@ def test_depthwise_layer_counts_one_filter_per_channel() -> None:
     w = torch.randn(16, 1, 3, 3)
     metrics, mask = layer_metrics(w)
     assert metrics.n_filters == 16 and mask.shape == (16,)
-    assert metrics.orthogonality == pytest.approx(np_orthogonality(w.numpy()), abs=1e-12)
+    assert metrics.orthogonality == pytest.approx(np_orthogonality(w.numpy()), abs=1e-7)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
@@ -167,7 +167,7 @@ def test_random_layers_match_numpy_reference(seed: int) -> None:
     assert metrics.n_nonsparse == len(x)
     assert metrics.variance_entropy == pytest.approx(np_entropy(x), abs=1e-10)
     assert metrics.variance_entropy_raw == pytest.approx(np_entropy(w.reshape(-1, 9).astype(np.float64)), abs=1e-10)
-    assert metrics.orthogonality == pytest.approx(np_orthogonality(w), abs=1e-10)
+    assert metrics.orthogonality == pytest.approx(np_orthogonality(w), abs=1e-7)  # float32 Gram, as the reference
     assert np.allclose(metrics.pca_sum, x.sum(0), atol=1e-10)
     assert np.allclose(np.reshape(metrics.pca_scatter, (9, 9)), x.T @ x, atol=1e-9)
     assert 0 <= metrics.variance_entropy <= MAX_VARIANCE_ENTROPY

@@ -46,3 +46,45 @@ def tiny_ensemble() -> nn.Module:
 
 def not_a_module() -> int:
     return 3
+
+
+class SuicidalNet(TinyNet):
+    """Kills its own process (SIGKILL) the first time it runs, to test actor restarts.
+
+    The marker file is ``$FILTERLENS_TEST_DIE_ONCE`` (set before the Ray workers start)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+        import signal
+        from pathlib import Path
+
+        marker = os.environ.get("FILTERLENS_TEST_DIE_ONCE")
+        if marker and not Path(marker).exists():
+            Path(marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward(x)
+
+
+def suicidal_net() -> nn.Module:
+    return SuicidalNet()
+
+
+class SlowTinyNet(TinyNet):
+    """Logs each forward pass to ``$FILTERLENS_TEST_MARKERS/forward.log`` and sleeps, so a test can kill
+    a build in the middle of an extraction."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import os
+        import time
+        from pathlib import Path
+
+        markers = os.environ.get("FILTERLENS_TEST_MARKERS")
+        if markers:
+            with open(Path(markers) / "forward.log", "a") as log:
+                log.write("forward\n")
+        time.sleep(float(os.environ.get("FILTERLENS_SLOW_FORWARD_S", "0.3")))
+        return super().forward(x)
+
+
+def slow_tiny_net() -> nn.Module:
+    return SlowTinyNet()

@@ -1,0 +1,1 @@
+"""Where checkpoints come from: zoo files, the RobustBench catalog, and fetching (download + verify)."""

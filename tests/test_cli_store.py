@@ -1,0 +1,283 @@
+"""The CLI and the store: bad inputs, reruns, replacement, crash atomicity, info and sql."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import save
+from zoo_fixtures import tiny_net
+
+from pipeline.query import open_dataset
+from pipeline.store import DatasetStore, slugify
+
+ARCH = "zoo_fixtures:tiny_net"
+TESTS_DIR = Path(__file__).parent
+N_FILTERS = 3 * 8 + 8 + 8 * 16  # conv1 + depthwise + conv3 (the 3x3 layers that run)
+
+
+def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    return save({"state_dict": tiny_net().state_dict()}, path)
+
+
+def counts(root: Path, model_id: str) -> tuple[int, int, int]:
+    with open_dataset(str(root)) as ds:
+        q = ds.con.execute
+        return (q("SELECT count(*) FROM models WHERE model_id = ?", [model_id]).fetchone()[0],
+                q("SELECT count(*) FROM layers WHERE model_id = ?", [model_id]).fetchone()[0],
+                q("SELECT count(*) FROM filters WHERE model_id = ?", [model_id]).fetchone()[0])
+
+
+def all_files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def dataset_with_good_model(tmp_path: Path, cli) -> Path:  # noqa: ANN001
+    root = tmp_path / "ds"
+    good = tiny_checkpoint(tmp_path / "good.pt")
+    result = cli("extract", good, "--out", root, "--arch", ARCH, "--model-id", "good", "--dataset", "cifar10")
+    assert result.code == 0, result.err
+    assert "good: 4 conv layers, 160 3x3 filters" in result.out
+    return root
+
+
+def test_extract_then_rerun_skips_and_force_redoes(dataset_with_good_model: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    before = all_files(root)
+    again = cli("extract", tmp_path / "good.pt", "--out", root, "--arch", ARCH, "--model-id", "good",
+                "--dataset", "cifar10")
+    assert again.code == 0 and "already in" in again.out
+    assert all_files(root) == before
+    forced = cli("extract", tmp_path / "good.pt", "--out", root, "--arch", ARCH, "--model-id", "good",
+                 "--dataset", "cifar10", "--force")
+    assert forced.code == 0
+    assert counts(root, "good") == (1, 4, N_FILTERS)
+    # the old version's files are gone, not just hidden
+    assert len(list(root.joinpath("filters").rglob("*.parquet"))) == 1
+
+
+def test_changed_checkpoint_replaces_the_model(dataset_with_good_model: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    changed = tiny_checkpoint(tmp_path / "good.pt", seed=5)
+    result = cli("extract", changed, "--out", root, "--arch", ARCH, "--model-id", "good", "--dataset", "cifar10")
+    assert result.code == 0 and "already" not in result.out
+    assert counts(root, "good") == (1, 4, N_FILTERS)
+    weight = torch.load(changed)["state_dict"]["conv1.weight"]
+    with open_dataset(str(root)) as ds:
+        w4 = ds.con.execute("SELECT w4 FROM filters WHERE conv_index = 0 AND out_channel = 1 AND in_channel = 2").fetchall()
+    assert w4 == [(pytest.approx(float(weight[1, 2, 1, 1]), abs=0),)]
+
+
+@pytest.mark.parametrize(("make_bad", "args", "message"), [
+    (lambda p: p, [], "no such checkpoint file"),
+    (lambda p: p.write_bytes(b"<html>quota exceeded</html>") and p, [], "not a PyTorch, safetensors or ONNX"),
+    (lambda p: (tiny_checkpoint(p), p.write_bytes(p.read_bytes()[:700]))[0], [], "truncated or damaged"),
+    (lambda p: save({"fc.weight": torch.randn(3, 3)}, p), [], "no 4D convolution weights"),
+    (lambda p: save({"x": torch.nn.Conv2d(1, 1, 3)}, p), [], "refusing to unpickle"),
+    (lambda p: tiny_checkpoint(p), ["--arch", "robustbench:cifar10:Linf:Andriushchenko2020Understanding"],
+     r"missing \d+ parameters: layer1\.0\.bn1\.bias.*shape mismatches: conv1\.weight \(8, 3, 3, 3\) vs \(64, 3, 3, 3\)"),
+    (lambda p: save({**tiny_net().state_dict(), "extra.weight": torch.zeros(1)}, p), ["--arch", ARCH],
+     r"unexpected 1 keys: extra\.weight\)"),
+    (lambda p: tiny_checkpoint(p), ["--arch", "robustbench:cifar10:Linf:NoSuchModel"], "has no model 'NoSuchModel'"),
+    (lambda p: tiny_checkpoint(p), ["--arch", "zoo_fixtures:not_a_module"], "not a torch.nn.Module"),
+], ids=["missing", "html", "truncated", "no-convs", "unsafe", "arch-missing-keys", "arch-unexpected-key",
+        "unknown-zoo-model", "factory-not-a-module"])
+def test_bad_input_fails_cleanly_and_loses_nothing(dataset_with_good_model: Path, tmp_path: Path, cli,  # noqa: ANN001
+                                                   make_bad, args: list[str], message: str) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    bad = tmp_path / "bad.pt"
+    if make_bad(bad) is None and not bad.exists():
+        pass  # the "missing" case: no file at all
+    before = {p for p in all_files(root) if not p.startswith("failures/")}
+    result = cli("extract", bad, "--out", root, "--model-id", "bad", "--dataset", "cifar10", *args)
+    assert result.code == 3
+    lines = [line for line in result.err.splitlines() if line.startswith("filterlens: error:")]
+    assert len(lines) == 1 and re.search(message, lines[0]), result.err
+    after = all_files(root)
+    assert {p for p in after if not p.startswith("failures/")} == before  # nothing partial, nothing lost
+    assert counts(root, "good") == (1, 4, N_FILTERS)
+    assert counts(root, "bad") == (0, 0, 0)
+    failures = DatasetStore(str(root)).failures().to_pylist()
+    assert [f["model_id"] for f in failures] == ["bad"]
+    assert re.search(message, failures[0]["message"])
+
+
+def test_failure_row_is_cleared_by_a_later_success(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    root = tmp_path / "ds"
+    bad = tmp_path / "m.pt"
+    bad.write_bytes(b"garbage!" * 10)
+    assert cli("extract", bad, "--out", root, "--model-id", "m").code == 3
+    assert DatasetStore(str(root)).failures().num_rows == 1
+    tiny_checkpoint(bad)
+    assert cli("extract", bad, "--out", root, "--model-id", "m").code == 0
+    assert DatasetStore(str(root)).failures().num_rows == 0
+
+
+# --- crash atomicity: a real SIGKILL at chosen points ----------------------------------------------
+CRASH_POINTS = {
+    # kill after all filters are written, before the layers file and the commit
+    "before-commit": """
+        from pipeline import store
+        original = store.ModelWriter.commit
+        def crash(self, layers, row):
+            self.finish_filters()
+            os.kill(os.getpid(), signal.SIGKILL)
+        store.ModelWriter.commit = crash
+    """,
+    # kill while the model's row (the commit) is being written
+    "during-commit": """
+        from pipeline import store
+        original = store.DatasetStore._write_table_atomic
+        def crash(self, table, path, **kw):
+            if "/models/" in path:
+                target = self.temp_path(path)
+                import pyarrow.parquet as pq
+                pq.write_table(table.slice(0, 0), target, filesystem=self.fs)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return original(self, table, path, **kw)
+        store.DatasetStore._write_table_atomic = crash
+    """,
+}
+
+
+def run_crashing_extract(point: str, checkpoint: Path, root: Path) -> int:
+    script = "import os, signal, sys\n" + textwrap.dedent(CRASH_POINTS[point]) + textwrap.dedent(f"""
+        from pipeline.cli import main
+        sys.exit(main(["extract", {str(checkpoint)!r}, "--out", {str(root)!r}, "--arch", {ARCH!r},
+                       "--model-id", "victim", "--dataset", "cifar10", "--force"]))
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True).returncode
+
+
+@pytest.mark.parametrize("point", list(CRASH_POINTS))
+@pytest.mark.parametrize("previous_version", [False, True], ids=["new-model", "re-extraction"])
+def test_sigkill_mid_write_leaves_dataset_readable_and_rerun_completes_once(
+        dataset_with_good_model: Path, tmp_path: Path, cli, point: str, previous_version: bool) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    checkpoint = tiny_checkpoint(tmp_path / "victim.pt", seed=3)
+    if previous_version:
+        assert cli("extract", checkpoint, "--out", root, "--arch", ARCH, "--model-id", "victim",
+                   "--dataset", "cifar10").code == 0
+    assert run_crashing_extract(point, checkpoint, root) == -signal.SIGKILL
+    # readable; the victim is absent (or still at its previous, complete version); nothing else changed
+    assert counts(root, "victim") == ((1, 4, N_FILTERS) if previous_version else (0, 0, 0))
+    assert counts(root, "good") == (1, 4, N_FILTERS)
+    info = cli("info", root, "--json")
+    assert info.code == 0
+    assert json.loads(info.out)["orphan_files"] >= 1  # the killed write's files exist but are not visible
+    # rerun completes the model exactly once and removes the leftovers
+    rerun = cli("extract", checkpoint, "--out", root, "--arch", ARCH, "--model-id", "victim", "--dataset", "cifar10",
+                "--force")
+    assert rerun.code == 0, rerun.err
+    assert counts(root, "victim") == (1, 4, N_FILTERS)
+    assert json.loads(cli("info", root, "--json").out)["orphan_files"] == 0
+    assert not [p for p in all_files(root) if p.endswith(".tmp") and "victim" in p]
+
+
+def test_cleanup_orphans_removes_only_uncommitted_files(dataset_with_good_model: Path, tmp_path: Path) -> None:
+    root = dataset_with_good_model
+    store = DatasetStore(str(root))
+    writer = store.writer("ghost", "cifar10")
+    from pipeline.extract import filter_batch
+
+    writer.add_filters(filter_batch("ghost", "cifar10", slugify("ghost"), 0, torch.randn(2, 2, 3, 3),
+                                    torch.zeros(4, dtype=torch.bool)))
+    writer.finish_filters()  # written but never committed: an orphan
+    committed = set(store.committed_files("filters"))
+    removed = store.cleanup_orphans()
+    assert removed and all("model=ghost" in p for p in removed)
+    assert set(store.committed_files("filters")) == committed
+    assert not (root / "filters" / "dataset=cifar10" / "model=ghost").exists()
+
+
+def test_slugs_are_safe_and_injective() -> None:
+    keys = ["robustbench/cifar10/Linf/Carmon2019Unlabeled", "robustbench--cifar10--Linf--Carmon2019Unlabeled",
+            "a b/c?d", "a_b/c_d", "../escape", ".hidden", "x" * 300]
+    slugs = [slugify(k) for k in keys]
+    assert slugs[0] == "robustbench--cifar10--Linf--Carmon2019Unlabeled"
+    assert len(set(slugs)) == len(slugs)
+    for slug in slugs:
+        assert "/" not in slug and not slug.startswith((".", "_", "-")) and len(slug) <= 160
+
+
+# --- info and sql ---------------------------------------------------------------------------------
+def test_info_reports_counts_bytes_and_failures(dataset_with_good_model: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 64)
+    cli("extract", bad, "--out", root, "--model-id", "bad")
+    result = cli("info", root, "--json")
+    summary = json.loads(result.out)
+    assert (summary["models"], summary["layers"], summary["filters"]) == (1, 4, N_FILTERS)
+    assert summary["bytes"]["filters"] == sum(p.stat().st_size for p in root.joinpath("filters").rglob("*.parquet"))
+    assert [f["model_id"] for f in summary["failures"]] == ["bad"]
+    assert summary["failures"][0]["error_class"] == "NotACheckpointError"
+    text = cli("info", root)
+    assert "models    1 (0 robust)" in text.out and "bad: [load] NotACheckpointError" in text.out
+
+
+def test_info_on_a_missing_dataset_is_a_clear_error(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    result = cli("info", tmp_path / "nothing")
+    assert result.code == 4 and "no filter dataset here" in result.err
+
+
+def test_sql_formats(dataset_with_good_model: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    query = "SELECT conv_index, layer_name, n_filters FROM layers ORDER BY conv_index"
+    table = cli("sql", root, query)
+    assert table.code == 0
+    assert table.out.splitlines()[2].split() == ["0", "conv1", "24"] and "(4 rows)" in table.out
+    csv = cli("sql", root, query, "--format", "csv")
+    assert csv.out.splitlines()[:2] == ['"conv_index","layer_name","n_filters"', '0,"conv1",24']
+    lines = cli("sql", root, query, "--format", "json").out.splitlines()
+    assert json.loads(lines[1]) == {"conv_index": 1, "layer_name": "depthwise", "n_filters": 8}
+    out = tmp_path / "r.parquet"
+    assert cli("sql", root, query, "--format", "parquet", "--output", out).code == 0
+    assert pq.read_table(out).column("n_filters").to_pylist() == [24, 8, 128, 128]
+    assert cli("sql", root, query, "--format", "parquet").code == 2
+
+
+@pytest.mark.parametrize("statement", ["DELETE FROM models", "CREATE TABLE t AS SELECT 1",
+                                       "COPY models TO '/tmp/x.csv'", "SELECT 1; SELECT 2"])
+def test_sql_is_read_only(dataset_with_good_model: Path, cli, statement: str) -> None:  # noqa: ANN001
+    result = cli("sql", dataset_with_good_model, statement)
+    assert result.code == 5 and "filterlens: error:" in result.err
+
+
+def test_sql_error_is_one_line(dataset_with_good_model: Path, cli) -> None:  # noqa: ANN001
+    result = cli("sql", dataset_with_good_model, "SELECT nope FROM layers")
+    assert result.code == 5 and result.err.count("\n") == 1 and "query failed" in result.err
+
+
+def test_views_and_polars_agree_on_an_empty_and_a_full_dataset(dataset_with_good_model: Path, tmp_path: Path) -> None:
+    DatasetStore(str(tmp_path / "empty")).update_manifest()
+    with open_dataset(str(tmp_path / "empty")) as ds:
+        assert ds.con.execute("SELECT count(*) FROM filters").fetchone() == (0,)
+        assert ds.filters.collect().height == 0
+        assert ds.filters.collect_schema().names() == ds.sql("SELECT * FROM filters").columns
+    with open_dataset(str(dataset_with_good_model)) as ds:
+        assert ds.filters.collect().height == N_FILTERS
+        assert ds.layers.collect()["layer_name"].to_list() == ["conv1", "depthwise", "conv3", "skip"]
+
+
+def test_help_teaches(cli) -> None:  # noqa: ANN001
+    with pytest.raises(SystemExit) as exit_info:
+        cli("extract", "--help")
+    assert exit_info.value.code == 0
+
+
+def test_python_dash_m_entry_point(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("filterlens ")
