@@ -319,9 +319,19 @@ def read_pairs_table(path: str) -> pd.DataFrame:
     return table
 
 
+def paper_name(model_id: str) -> str | None:
+    """The paper's name of a RobustBench model (``robustbench/cifar10/Linf/X`` -> ``robustbench_X_cifar10_linf_13``)."""
+    parts = model_id.split("/")
+    if len(parts) == 4 and parts[0] == "robustbench":
+        return f"robustbench_{parts[3]}_{parts[1]}_{parts[2].lower()}_13"
+    return None
+
+
 def table_pairs(models: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pairs from a user table; names match model_id or the model slug. Unmatched rows are reported."""
-    by_name = {**dict(zip(models.model, models.model_id, strict=True)),
+    """Pairs from a user table; names match model_id, the model slug or (RobustBench models) the paper's
+    names as in its pairings table. Rows naming models not in the selection are reported, not dropped."""
+    by_name = {**{paper_name(m): m for m in models.model_id if paper_name(m)},
+               **dict(zip(models.model, models.model_id, strict=True)),
                **dict(zip(models.model_id, models.model_id, strict=True))}
     info = models.set_index("model_id")
     pairs, unpaired = [], []

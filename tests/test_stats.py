@@ -187,17 +187,21 @@ def test_pairing_edge_cases() -> None:
 
 
 def test_pairs_table_overrides_and_reports_unmatched(tmp_path: Path) -> None:
-    models = pd.DataFrame({"model_id": ["a/r1", "a/n1", "a/n2"], "model": ["a--r1", "a--n1", "a--n2"],
-                           "robust": [True, False, False], "dataset": ["c10"] * 3, "architecture": ["X", "X", "Y"]})
+    rb = "robustbench/cifar10/Linf/Carmon2019Unlabeled"
+    models = pd.DataFrame({"model_id": ["a/r1", "a/n1", "a/n2", rb], "model": ["a--r1", "a--n1", "a--n2", "rb"],
+                           "robust": [True, False, False, True], "dataset": ["c10"] * 4,
+                           "architecture": ["X", "X", "Y", "X"]})
     csv = tmp_path / "pairs.csv"
-    csv.write_text(",Robust,Normal,Arch,Dataset\n0,a--r1,a/n2,Y,c10\n1,a/r1,missing,X,c10\n2,a/n1,a/r1,X,c10\n")
+    csv.write_text(",Robust,Normal,Arch,Dataset\n0,a--r1,a/n2,Y,c10\n1,a/r1,missing,X,c10\n2,a/n1,a/r1,X,c10\n"
+                   "3,robustbench_Carmon2019Unlabeled_cifar10_linf_13,a/n1,X,c10\n")
     from pipeline.stats import read_pairs_table
     pairs, unpaired = table_pairs(models, read_pairs_table(str(csv)))
-    assert pairs[["robust_model_id", "normal_model_id", "source"]].values.tolist() == [["a/r1", "a/n2", "table"]]
+    assert pairs[["robust_model_id", "normal_model_id", "source"]].values.tolist() == [
+        ["a/r1", "a/n2", "table"], [rb, "a/n1", "table"]]
     reasons = list(unpaired.reason)
     assert "pairs table names a model that is not in the selection" in reasons
     assert any("not (robust, normal)" in r for r in reasons)
-    assert unpaired.set_index("model_id").loc["a/n1", "reason"] == "not in the pairs table"
+    assert len(unpaired) == 2  # both bad rows; every selected model is in a pair
 
 
 # --- PCA -----------------------------------------------------------------------------------------------
@@ -394,3 +398,22 @@ def test_a_dataset_behind_a_uri_gives_the_same_numbers(tmp_path: Path) -> None:
     for name in ("depth_profile", "coefficient_histograms", "distribution_shift"):
         pd.testing.assert_frame_equal(local.tables[name], remote.tables[name])
     assert [g.model_id for g in remote.galleries] == [g.model_id for g in local.galleries] == ["r0", "n0", "r1"]
+
+
+PAPER_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_robust_vs_normal_pairings.csv"
+
+
+@pytest.mark.skipif(not PAPER_PAIRS.is_file(), reason="shared reference data not beside the repository")
+def test_the_papers_pairings_table_reads_and_matches_robustbench_ids() -> None:
+    from pipeline.stats import read_pairs_table
+    table = read_pairs_table(str(PAPER_PAIRS))
+    assert list(table.columns) == ["Robust", "Normal", "Arch", "Dataset"] and len(table) == 71
+    first = table.iloc[0]
+    name = first.Robust.removeprefix("robustbench_").removesuffix("_cifar10_linf_13")
+    models = pd.DataFrame({"model_id": [f"robustbench/cifar10/Linf/{name}", first.Normal],
+                           "model": ["r", "n"], "robust": [True, False], "dataset": ["cifar10"] * 2,
+                           "architecture": [first.Arch] * 2})
+    pairs, unpaired = table_pairs(models, table)
+    assert pairs[["robust_model_id", "normal_model_id"]].values.tolist() == [[f"robustbench/cifar10/Linf/{name}",
+                                                                              first.Normal]]
+    assert len(unpaired) == 70 and set(unpaired.reason) == {"pairs table names a model that is not in the selection"}
