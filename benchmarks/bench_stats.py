@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -41,18 +40,19 @@ def read_floor(root: str, threads: int) -> dict:
     return {"filters": stats.rows, "seconds": stats.seconds, "filters_per_s": stats.rows / stats.seconds}
 
 
-def run_stats_cli(root: str, out: str, threads: int) -> dict:
+def run_stats_cli(root: str, out: str, threads: int, engine: str) -> dict:
+    """``filterlens stats`` in a subprocess: wall time, the child's own peak RSS, the passes' rates."""
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "-q", "stats", root, "--out", out,
-                           "--threads", str(threads)], cwd=os.path.join(os.path.dirname(__file__), ".."),
-                          capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", "stats", root, "--out", out, "--threads",
+                             str(threads), "--engine", engine], cwd=os.path.join(os.path.dirname(__file__), ".."),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
-    if proc.returncode:
-        raise SystemExit(f"filterlens stats failed ({proc.returncode}): {proc.stderr.strip()}")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if os.waitstatus_to_exitcode(status):
+        raise SystemExit(f"filterlens stats failed: {proc.stderr.read().strip()}")
     with open(os.path.join(out, "run.json")) as f:
         timings = json.load(f)["timings"]
-    return {"wall_s": wall, "peak_rss_mib": peak_kib / 1024, "timings": timings,
+    return {"engine": engine, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "timings": timings,
             "range_pass_filters_per_s": timings["range_pass_filters"] / timings["range_pass"],
             "histogram_pass_filters_per_s": timings["histogram_pass_filters"] / timings["histogram_pass"]}
 
@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/filterlens-bench-stats-report")
     parser.add_argument("--filters", type=int, default=100_000_000)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--engines", nargs="+", default=["numba"], choices=("numba", "duckdb"),
+                        help="scan engines to measure (default numba; duckdb is several times slower)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -71,22 +73,24 @@ def main() -> None:
         print(json.dumps(generate(args.root, args.filters, workers=args.threads)), flush=True)
     load_before = os.getloadavg()
     floor = read_floor(args.root, args.threads)
-    cli = run_stats_cli(args.root, args.out, args.threads)
+    runs = [run_stats_cli(args.root, f"{args.out}-{engine}", args.threads, engine) for engine in args.engines]
     load_after = os.getloadavg()
     cores = args.threads
     results = {"dataset": args.root, "filters": floor["filters"], "threads": cores,
                "load_average_before": load_before, "load_average_after": load_after,
-               "read_floor": floor, "stats": cli}
+               "read_floor": floor, "stats": runs}
     print(f"filters                     {floor['filters']:,} ({cores} threads, "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f})")
     print(f"read floor (decode only)    {floor['filters_per_s'] / 1e6:6.1f} M filters/s "
           f"({floor['filters_per_s'] / 1e6 / cores:.1f} per core)")
-    print(f"range pass                  {cli['range_pass_filters_per_s'] / 1e6:6.1f} M filters/s "
-          f"({cli['range_pass_filters_per_s'] / 1e6 / cores:.1f} per core)")
-    print(f"histogram pass              {cli['histogram_pass_filters_per_s'] / 1e6:6.1f} M filters/s "
-          f"({cli['histogram_pass_filters_per_s'] / 1e6 / cores:.1f} per core)")
-    print(f"filterlens stats wall time  {cli['wall_s']:6.1f} s (in-process total {cli['timings']['total']:.1f} s)")
-    print(f"peak RSS                    {cli['peak_rss_mib']:6.0f} MiB")
+    for run in runs:
+        print(f"[{run['engine']}] range pass          {run['range_pass_filters_per_s'] / 1e6:6.1f} M filters/s "
+              f"({run['range_pass_filters_per_s'] / 1e6 / cores:.1f} per core)")
+        print(f"[{run['engine']}] histogram pass      {run['histogram_pass_filters_per_s'] / 1e6:6.1f} M filters/s "
+              f"({run['histogram_pass_filters_per_s'] / 1e6 / cores:.1f} per core)")
+        print(f"[{run['engine']}] wall time           {run['wall_s']:6.1f} s "
+              f"(in-process before the report {run['timings']['total']:.1f} s)")
+        print(f"[{run['engine']}] peak RSS            {run['peak_rss_mib']:6.0f} MiB")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -442,11 +442,16 @@ def scan_engine(options: StatsOptions) -> str:
 
 def _prepare_duckdb_scan(ds: FilterDataset, targets: list[ScanTarget], basis: PCABasis,
                          edges: np.ndarray | None) -> ScanStats:
-    """Temp tables _scan_groups, _basis and the view _scan_filters for sql/coefficient_*.sql."""
-    groups = [(t.model_id, conv, i * N_BUCKETS + int(bucket)) for i, t in enumerate(targets)
+    """The temp table _scan_groups, the basis as variables and the view _scan_filters for sql/coefficient_*.sql.
+
+    _scan_filters tags each model's rows with its target number (one UNION ALL branch per
+    model): joining on the dictionary-encoded model_id column trips an internal error of
+    DuckDB 2.0 ("dict-surviving cache"), and integers join faster anyway.
+    """
+    groups = [(i, conv, i * N_BUCKETS + int(bucket)) for i, t in enumerate(targets)
               for conv, bucket in enumerate(t.group_of_conv) if bucket >= 0]
-    ds.con.register("_scan_groups_df", pd.DataFrame(groups, columns=["model_id", "conv_index", "grp"]).astype(
-        {"conv_index": "int32", "grp": "int64"}))
+    ds.con.register("_scan_groups_df", pd.DataFrame(groups, columns=["target", "conv_index", "grp"]).astype(
+        {"target": "int64", "conv_index": "int32", "grp": "int64"}))
     ds.con.execute("CREATE OR REPLACE TEMP TABLE _scan_groups AS SELECT * FROM _scan_groups_df")
     basis_row = {f"v{k}{j}": basis.components[k, j] for k in range(9) for j in range(9)}
     basis_row.update({f"m{j}": basis.mean[j] for j in range(9)})
@@ -454,16 +459,20 @@ def _prepare_duckdb_scan(ds: FilterDataset, targets: list[ScanTarget], basis: PC
         n_bins = len(edges) - 1
         basis_row.update(lo=edges[0], hi=edges[-1], n_bins=n_bins, norm=n_bins / (edges[-1] - edges[0]),
                          step=(edges[-1] - edges[0]) / n_bins)
-    ds.con.register("_basis_df", pd.DataFrame([basis_row]))
-    ds.con.execute("CREATE OR REPLACE TEMP TABLE _basis AS SELECT * FROM _basis_df")
-    files = [f for t in targets for f in t.files]
-    if ds.store.local:
-        listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-        ds.con.execute(f"CREATE OR REPLACE TEMP VIEW _scan_filters AS SELECT * FROM read_parquet([{listing}], "
-                       "hive_partitioning = false)")
-    else:
-        ds.con.register("_scan_filters_arrow", pads.dataset(files, filesystem=ds.store.fs, format="parquet"))
-        ds.con.execute("CREATE OR REPLACE TEMP VIEW _scan_filters AS SELECT * FROM _scan_filters_arrow")
+    for name, value in basis_row.items():  # session variables, read with getvariable() in the SQL
+        ds.con.execute(f"SET VARIABLE {name} = {float(value)!r}::DOUBLE" if name != "n_bins" else
+                       f"SET VARIABLE {name} = {int(value)}::BIGINT")
+    columns = ", ".join(["conv_index + 0 AS conv_index", "sparse", *[f"w{j}" for j in range(9)]])
+    branches = []
+    for i, target in enumerate(targets):
+        if ds.store.local:
+            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in target.files)
+            source = f"read_parquet([{listing}], hive_partitioning = false)"
+        else:
+            source = f"_scan_arrow_{i}"
+            ds.con.register(source, pads.dataset(list(target.files), filesystem=ds.store.fs, format="parquet"))
+        branches.append(f"SELECT {i}::BIGINT AS target, {columns} FROM {source}")
+    ds.con.execute("CREATE OR REPLACE TEMP VIEW _scan_filters AS " + "\nUNION ALL ".join(branches))
     return ScanStats(rows=sum(w[3] for w in _row_groups(targets, _open(ds))))
 
 
@@ -488,9 +497,15 @@ def duckdb_coefficient_histograms(ds: FilterDataset, targets: list[ScanTarget], 
     started = time.perf_counter()
     rows = ds.con.execute(load_sql("coefficient_histogram")).fetchnumpy()
     stats.seconds = time.perf_counter() - started
-    counts = np.zeros((len(targets) * N_BUCKETS, 9, len(edges) - 1), dtype=np.int64)
-    np.add.at(counts, (rows["grp"].astype(np.int64), rows["k"].astype(np.int64), rows["bin"].astype(np.int64)),
-              rows["n"].astype(np.int64))
+    n_bins = len(edges) - 1
+    below, above = rows["below_edge"].astype(bool), rows["above_edge"].astype(bool)
+    bins = rows["bin"].astype(np.int64)
+    bins = bins - (below & (bins > 0))  # numpy.histogram's correction against the exact edges
+    bins = bins + (above & ~below & (bins != n_bins - 1))
+    keep = ~rows["outside"].astype(bool)
+    counts = np.zeros((len(targets) * N_BUCKETS, 9, n_bins), dtype=np.int64)
+    np.add.at(counts, (rows["grp"].astype(np.int64)[keep], rows["k"].astype(np.int64)[keep], bins[keep]),
+              rows["n"].astype(np.int64)[keep])
     return counts.reshape(len(targets), N_BUCKETS, 9, len(edges) - 1), stats
 
 
