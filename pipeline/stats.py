@@ -6,7 +6,8 @@
   conv_depth_norm) sparsity, variance entropy and orthogonality, aggregated as the
   paper does, and robust vs normal per training dataset (Mann-Whitney U per bucket,
   Holm-corrected across the buckets of a dataset and metric);
-* the pairing of robust with normal models (same architecture and dataset, or a table);
+* the pairing of robust with normal models (pipeline.pairing: same architecture and
+  dataset, or a table);
 * PCA bases (all / robust / normal) from the per-layer sufficient statistics;
 * the distribution shift (symmetric KL of coefficient histograms, see pipeline.shift)
   per dataset, overall and per bucket, with a permutation test of the model labels;
@@ -15,6 +16,8 @@
   one-page report (pipeline.report).
 
 The SQL lives in ``pipeline/sql/*.sql``; it runs in DuckDB over the dataset's views.
+The two passes over the filters run the numba kernels of pipeline.shift (or, with
+``engine="duckdb"``, ``sql/coefficient_*.sql``; same numbers).
 """
 
 from __future__ import annotations
