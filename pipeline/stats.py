@@ -388,9 +388,9 @@ def duckdb_coefficient_range(ds: FilterDataset, targets: list[ScanTarget], basis
     import time
 
     stats = _prepare_duckdb_scan(ds, targets, basis, None)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     lo, hi, _ = ds.con.execute(load_sql("coefficient_range")).fetchall()[0]
-    stats.seconds = time.perf_counter() - started
+    stats.seconds, stats.cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     return (np.inf if lo is None else float(lo)), (-np.inf if hi is None else float(hi)), stats
 
 
@@ -400,9 +400,9 @@ def duckdb_coefficient_histograms(ds: FilterDataset, targets: list[ScanTarget], 
     import time
 
     stats = _prepare_duckdb_scan(ds, targets, basis, edges)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     rows = ds.con.execute(load_sql("coefficient_histogram")).fetchnumpy()
-    stats.seconds = time.perf_counter() - started
+    stats.seconds, stats.cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     n_bins = len(edges) - 1
     below, above = rows["below_edge"].astype(bool), rows["above_edge"].astype(bool)
     bins = rows["bin"].astype(np.int64)
@@ -753,6 +753,7 @@ def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> S
                     lo, hi, range_stats = duckdb_coefficient_range(ds, targets, basis)
                 coef_range = (lo, hi)
                 timings["range_pass"] = range_stats.seconds
+                timings["range_pass_cpu"] = range_stats.cpu_seconds
                 timings["range_pass_filters"] = range_stats.rows
             edges = bin_edges(*coef_range, N_BINS)
             if engine == "numba":
@@ -761,6 +762,7 @@ def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> S
             else:
                 counts, hist_stats = duckdb_coefficient_histograms(ds, targets, basis, edges)
             timings["histogram_pass"] = hist_stats.seconds
+            timings["histogram_pass_cpu"] = hist_stats.cpu_seconds
             timings["histogram_pass_filters"] = hist_stats.rows
             shift = distribution_shift(counts, targets, models, pairs, basis, edges, options)
             histograms = group_histograms(counts, targets, models, edges)
