@@ -613,10 +613,6 @@ def depth_findings(models: pd.DataFrame, comparison: pd.DataFrame, options: Stat
             sig_hi = tested[tested.significant & (tested.difference > 0)]
             sig_lo = tested[tested.significant & (tested.difference < 0)]
             biggest = rows.loc[rows.difference.abs().idxmax()]
-            counts = (f"robust mean higher in {len(higher)} of {len(rows)} depth buckets with data; "
-                      f"significant (Mann-Whitney U, Holm, alpha {options.alpha}) higher in {len(sig_hi)}, "
-                      f"lower in {len(sig_lo)}; largest difference {_fmt(biggest.difference)} in bucket "
-                      f"{biggest.bucket}; {n_r} robust vs {n_n} normal models")
             if len(sig_hi) and not len(sig_lo):
                 verdict, head = "robust higher", f"robust models have higher {name} than normal ones"
             elif len(sig_lo) and not len(sig_hi):
@@ -625,10 +621,16 @@ def depth_findings(models: pd.DataFrame, comparison: pd.DataFrame, options: Stat
                 verdict, head = "mixed", f"robust and normal models differ in {name} in both directions"
             else:
                 verdict, head = "no difference", f"no significant difference in {name} between robust and normal models"
+            significant = pd.concat([sig_hi, sig_lo]).sort_values("depth_bucket")
             where = ""
-            if verdict in ("robust higher", "robust lower", "mixed"):
-                where = " (buckets " + ", ".join(pd.concat([sig_hi, sig_lo]).sort_values("depth_bucket").bucket) + ")"
-            out.append(Finding("depth profile", dataset, metric, verdict, f"{dataset}: {head}{where}: {counts}."))
+            if 0 < len(significant) < len(rows):
+                labels = list(significant.bucket)
+                where = " (buckets " + ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "") + ")"
+            counts = (f"significant in {len(significant)} of {len(rows)} depth buckets with data{where} "
+                      f"(Mann-Whitney U, Holm, alpha {options.alpha}; {len(sig_hi)} higher, {len(sig_lo)} lower); "
+                      f"robust mean higher in {len(higher)} of {len(rows)}; largest difference "
+                      f"{_fmt(biggest.difference)} in bucket {biggest.bucket}; {n_r} robust vs {n_n} normal models")
+            out.append(Finding("depth profile", dataset, metric, verdict, f"{dataset}: {head}: {counts}."))
     return out
 
 
