@@ -168,19 +168,26 @@ def mosaic(tiles: np.ndarray, rgb: bool, cols: int = 16) -> np.ndarray:
     return image
 
 
-def gallery_figure(galleries: list[Gallery], out_dir: str) -> str | None:
-    """First-layer filters, one mosaic per model (robust and normal of a pair one after the other)."""
-    if not galleries:
+def gallery_figure(rows: list[list[Gallery]], out_dir: str) -> str | None:
+    """First-layer filters, one mosaic per model; a pair's robust and normal model side by side."""
+    if not rows:
         return None
-    images = [mosaic(*gallery_tiles(g)) for g in galleries]
-    fig, axes = plt.subplots(len(images), 1, figsize=(8, sum(0.13 * i.shape[0] + 0.35 for i in images)),
+    cols = max(len(row) for row in rows)
+    images = [[mosaic(*gallery_tiles(g)) for g in row] for row in rows]
+    heights = [max(i.shape[0] for i in row) for row in images]
+    fig, axes = plt.subplots(len(rows), cols, figsize=(8 * cols, sum(0.13 * h + 0.4 for h in heights)),
                              squeeze=False)
-    for ax, g, image in zip(axes[:, 0], galleries, images, strict=True):
-        ax.imshow(image, interpolation="nearest")
-        ax.set_axis_off()
-        rgb = g.in_channels == 3 and g.weights.shape[1] == 3
-        ax.set_title(f"{'robust' if g.robust else 'normal'} | {g.model_id} | {g.layer_name} "
-                     f"({'RGB' if rgb else 'per filter'})", fontsize=8, loc="left")
+    for r, (row, row_images) in enumerate(zip(rows, images, strict=True)):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c >= len(row):
+                continue
+            g = row[c]
+            ax.imshow(row_images[c], interpolation="nearest")
+            rgb = g.in_channels == 3 and g.weights.shape[1] == 3
+            ax.set_title(f"{'robust' if g.robust else 'normal'} | {g.model_id} | {g.layer_name} "
+                         f"({'RGB' if rgb else 'per filter'})", fontsize=9, loc="left")
     fig.tight_layout()
     return _save(fig, out_dir, "first_layer_gallery")
 
@@ -333,8 +340,9 @@ def build_sections(result: StatsResult, out_dir: str, root: str, options: StatsO
     sections.append(correlation)
 
     gallery = Section("First-layer filters", paragraphs=[
-        "The first 3x3 conv layer of chosen models (RGB per output channel when the layer has 3 input "
-        "channels, each kernel scaled to its own max |w|)."])
+        "The first 3x3 conv layer of chosen models, robust and normal model of a pair side by side (RGB "
+        "per output channel when the layer has 3 input channels, each kernel scaled to its own max |w|; "
+        "else one tile per filter, first 64)."])
     if figures and (path := gallery_figure(result.galleries, out_dir)):
         gallery.figures.append(("First-layer filters", path))
     elif not result.galleries:

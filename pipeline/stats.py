@@ -124,7 +124,7 @@ class StatsResult:
     tables: dict[str, pd.DataFrame]
     findings: list[Finding]
     bases: dict[str, PCABasis | None]
-    galleries: list[Gallery]
+    galleries: list[list[Gallery]]  # rows: (robust, normal) pairs or single models
     notes: list[str]
     timings: dict[str, float | int | str]
     coefficient_range: tuple[float, float] | None
@@ -541,29 +541,31 @@ def correlations(profile: pd.DataFrame, whole: pd.DataFrame, min_models: int) ->
 
 
 # --- galleries ----------------------------------------------------------------------------------
-def gallery_models(models: pd.DataFrame, pairs: pd.DataFrame, options: StatsOptions) -> list[str]:
+def gallery_models(models: pd.DataFrame, pairs: pd.DataFrame, options: StatsOptions) -> list[list[str]]:
+    """Rows of the gallery: the first ``gallery_pairs`` pairs of each dataset (robust, normal), or the
+    --gallery models, one per row."""
     if options.gallery:
         unknown = sorted(set(options.gallery) - set(models.model_id))
         if unknown:
             raise ConfigError(f"--gallery: {', '.join(unknown)} not in the selection")
-        return list(options.gallery)
-    chosen: list[str] = []
+        return [[m] for m in options.gallery]
+    rows: list[list[str]] = []
     for dataset in sorted(models.dataset.unique()):
         part = pairs[pairs.dataset == dataset].drop_duplicates("robust_model_id").head(options.gallery_pairs)
-        for row in part.itertuples():
-            chosen += [m for m in (row.robust_model_id, row.normal_model_id) if m not in chosen]
-    return chosen
+        rows += [[row.robust_model_id, row.normal_model_id] for row in part.itertuples()]
+    return rows
 
 
-def galleries(ds: FilterDataset, models: pd.DataFrame, model_ids: list[str]) -> list[Gallery]:
-    """The first 3x3 conv layer (with metrics) of each model, as a weight array."""
-    if not model_ids:
+def galleries(ds: FilterDataset, models: pd.DataFrame, rows: list[list[str]]) -> list[list[Gallery]]:
+    """The first 3x3 conv layer (with metrics) of each model of each row, as weight arrays."""
+    wanted = list(dict.fromkeys(m for row in rows for m in row))
+    if not wanted:
         return []
-    first = run_sql(ds, "first_layer", {"model_ids": model_ids}).set_index("model_id")
+    first = run_sql(ds, "first_layer", {"model_ids": wanted}).set_index("model_id")
     info = models.set_index("model_id")
     stored = ds.store.stored_models()
-    out = []
-    for model_id in model_ids:
+    loaded: dict[str, Gallery] = {}
+    for model_id in wanted:
         if model_id not in first.index:
             continue
         layer = first.loc[model_id]
@@ -574,9 +576,9 @@ def galleries(ds: FilterDataset, models: pd.DataFrame, model_ids: list[str]) -> 
         frame = table.to_pandas().sort_values(["out_channel", "in_channel"])
         c_out, c_in = int(frame.out_channel.max()) + 1, int(frame.in_channel.max()) + 1
         weights = frame[[f"w{i}" for i in range(9)]].to_numpy(np.float32).reshape(c_out, c_in, 3, 3)
-        out.append(Gallery(model_id, bool(info.loc[model_id, "robust"]), str(info.loc[model_id, "dataset"]),
-                           str(layer.layer_name), int(layer.conv_index), c_in, weights))
-    return out
+        loaded[model_id] = Gallery(model_id, bool(info.loc[model_id, "robust"]), str(info.loc[model_id, "dataset"]),
+                                   str(layer.layer_name), int(layer.conv_index), c_in, weights)
+    return [[loaded[m] for m in row if m in loaded] for row in rows if any(m in loaded for m in row)]
 
 
 # --- findings -----------------------------------------------------------------------------------

@@ -398,7 +398,10 @@ def test_a_dataset_behind_a_uri_gives_the_same_numbers(tmp_path: Path) -> None:
                      for i, root in enumerate([str(tmp_path / "local"), "memory://filterlens-stats-test/ds"]))
     for name in ("depth_profile", "coefficient_histograms", "distribution_shift"):
         pd.testing.assert_frame_equal(local.tables[name], remote.tables[name])
-    assert [g.model_id for g in remote.galleries] == [g.model_id for g in local.galleries] == ["r0", "n0", "r1"]
+    ids = [[g.model_id for g in row] for row in remote.galleries]
+    assert ids == [[g.model_id for g in row] for row in local.galleries] == [["r0", "n0"], ["r1", "n0"]]
+    assert all(g.weights.shape == (8, 3, 3, 3) and g.robust == g.model_id.startswith("r")
+               for row in remote.galleries for g in row)
 
 
 PAPER_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_robust_vs_normal_pairings.csv"
