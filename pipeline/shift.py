@@ -175,7 +175,8 @@ def _kernels():  # noqa: ANN202 - compiled lazily so that importing this module 
             a6, a7, a8 = np.float64(w6[r]), np.float64(w7[r]), np.float64(w8[r])
             s = max(max(max(abs(a0), abs(a1)), max(abs(a2), abs(a3))),
                     max(max(abs(a4), abs(a5)), max(max(abs(a6), abs(a7)), abs(a8))))
-            g = group_of_conv[conv[r]]
+            ci = conv[r]
+            g = group_of_conv[ci] if 0 <= ci < group_of_conv.shape[0] else -1  # rows of unknown layers: out
             ok = (not sparse[r]) and g >= 0 and s > 0 and s < np.inf
             grp[i] = g if ok else -1
             if ok:

@@ -421,3 +421,22 @@ def test_the_papers_pairings_table_reads_and_matches_robustbench_ids() -> None:
     assert pairs[["robust_model_id", "normal_model_id"]].values.tolist() == [[f"robustbench/cifar10/Linf/{name}",
                                                                               first.Normal]]
     assert len(unpaired) == 70 and set(unpaired.reason) == {"pairs table names a model that is not in the selection"}
+
+
+def test_a_given_coefficient_range_drops_values_outside_as_numpy_does(planted: tuple, tmp_path: Path) -> None:
+    root, _, _ = planted
+    models, layers, filters = read_all(root)
+    usable = usable_filters(layers, filters)
+    x = usable[[f"w{i}" for i in range(9)]].to_numpy(np.float64)
+    mean, components, _ = reference_pca(x)
+    coef = (x / np.abs(x).max(axis=1, keepdims=True) - mean) @ components.T
+    result = run_stats(str(root), str(tmp_path), StatsOptions(coef_range=(-0.5, 0.7), **FAST))
+    assert "range_pass" not in result.timings and result.coefficient_range == (-0.5, 0.7)
+    robust = usable.model_id.map(dict(zip(models.model_id, models.robust, strict=True))).to_numpy(bool)
+    hist = result.tables["coefficient_histograms"]
+    in_cifar100 = usable.model_id.str.startswith("zoo/cifar100/").to_numpy()
+    for r in (True, False):
+        part = hist[(hist.dataset == "cifar100") & (hist.robust == r)]
+        for k in (0, 4, 8):
+            expected, _ = np.histogram(coef[in_cifar100 & (robust == r), k], bins=70, range=(-0.5, 0.7))
+            assert part[part.coefficient == k].sort_values("bin")["count"].tolist() == expected.tolist()
