@@ -30,11 +30,11 @@ from pipeline.checkpoints import (
 from pipeline.errors import ConfigError, NoConvWeightsError, describe
 from pipeline.metrics import layer_metrics, weight_statistics
 from pipeline.schema import arrow_schema, to_table
+from pipeline.sources.zoo import THREAT_MODELS
 from pipeline.store import DatasetStore, filters_write_schema, slugify
 
 log = logging.getLogger(__name__)
 
-THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
 
 
 @dataclass
