@@ -165,7 +165,9 @@ def plan(entries: Sequence[ZooEntry], store: DatasetStore, force: bool) -> tuple
 def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, device: str,
                     force: bool = False, keep_checkpoints: bool = False) -> ExtractResult:
     """The per-model unit every backend runs after the download: extract, then free the cache."""
-    result = extract_model(entry.request(fetched.paths), store, device=device, force=force, progress=False)
+    request = entry.request(fetched.paths)
+    request.digest = (fetched.sha256, fetched.n_bytes)  # hashed by the download: not read again
+    result = extract_model(request, store, device=device, force=force, progress=False)
     if not keep_checkpoints:
         fetched.delete_owned()
     return result
