@@ -17,15 +17,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.errors import ConfigError, FilterlensError, describe
-from pipeline.extract import ExtractResult, extract_model
 from pipeline.sources.fetch import FetchedCheckpoint, FetchPolicy, fetch_entry
 from pipeline.sources.zoo import ZooEntry, load_zoo_file, select
 from pipeline.store import DatasetStore, StoredModel, utcnow
+
+if TYPE_CHECKING:
+    from pipeline.extract import ExtractResult
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,8 @@ def plan(entries: Sequence[ZooEntry], store: DatasetStore, force: bool) -> tuple
 def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, device: str,
                     force: bool = False, keep_checkpoints: bool = False) -> ExtractResult:
     """The per-model unit every backend runs after the download: extract, then free the cache."""
+    from pipeline.extract import extract_model  # torch: only where extraction runs
+
     request = entry.request(fetched.paths)
     request.digest = (fetched.sha256, fetched.n_bytes)  # hashed by the download: not read again
     result = extract_model(request, store, device=device, force=force, progress=False)

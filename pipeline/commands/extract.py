@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.extract import THREAT_MODELS, ModelRequest, parse_input_shape, run_one
+from pipeline.sources.zoo import THREAT_MODELS
 from pipeline.store import DatasetStore, utcnow
 
 HELP = """\
@@ -51,7 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def request_from_args(args: argparse.Namespace) -> ModelRequest:
+def request_from_args(args: argparse.Namespace):  # noqa: ANN201 - a pipeline.extract.ModelRequest
+    from pipeline.extract import (  # torch: imported only when the command runs
+        ModelRequest,
+        parse_input_shape,
+    )
+
     dataset, threat_model = args.dataset, args.threat_model
     if args.arch and args.arch.startswith("robustbench:"):
         parts = args.arch.split(":")
@@ -72,6 +77,8 @@ def request_from_args(args: argparse.Namespace) -> ModelRequest:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.extract import run_one
+
     request = request_from_args(args)
     store = DatasetStore(args.out)
     result = run_one(request, store, device=args.device, force=args.force)

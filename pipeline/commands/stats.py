@@ -6,8 +6,6 @@ import argparse
 import logging
 import sys
 
-from pipeline.stats import StatsOptions, run_stats
-
 log = logging.getLogger(__name__)
 
 HELP = """\
@@ -64,6 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.stats import StatsOptions, run_stats  # heavy: imported only when the command runs
+
     options = StatsOptions(where=args.where, datasets=args.datasets, threat_models=args.threat_models,
                            pairs_csv=args.pairs, kl_groups=args.kl_groups,
                            coef_range=tuple(args.coef_range) if args.coef_range else None, gallery=args.gallery,
