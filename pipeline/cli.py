@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"filterlens {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug log output on stderr (default: info)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     from pipeline import commands
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose + 1, 2)]
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="filterlens %(levelname)s: %(message)s", force=True)
     for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
@@ -59,7 +59,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, for commands that forward it (build --address http://...)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

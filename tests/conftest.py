@@ -9,11 +9,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from pipeline.architectures import instantiate, parse_arch_spec
@@ -38,6 +41,25 @@ def cli(capsys: pytest.CaptureFixture) -> Callable[..., CliResult]:
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+TESTS_DIR = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A private local Ray instance (never someone else's cluster); workers can import the test fixtures."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
+    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():  # for the local S3 server's tests
+        os.environ.setdefault(key, value)
+    os.environ["FILTERLENS_TEST_DIE_ONCE"] = os.path.join(temp_dir, "died-once")  # read by zoo_fixtures.SuicidalNet
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
+             logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 _MODELS: dict[tuple[str, int], torch.nn.Module] = {}

@@ -5,17 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 import yaml
 from checkpoint_server import CheckpointServer
@@ -102,19 +99,6 @@ def server() -> Iterator[CheckpointServer]:
     s = CheckpointServer()
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    """A private local Ray instance (never someone else's cluster); workers can import the test fixtures."""
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")]))
-    temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    os.environ["FILTERLENS_TEST_DIE_ONCE"] = os.path.join(temp_dir, "died-once")  # read by zoo_fixtures.SuicidalNet
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir,
-             logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def build_options(tmp_path: Path, server: CheckpointServer) -> dict:

@@ -132,3 +132,18 @@ def test_broken_cluster_yaml_is_rejected(break_it) -> None:  # noqa: ANN001
     break_it(config)
     with pytest.raises((jsonschema.ValidationError, ValueError)):
         _validate(config)
+
+
+def test_build_with_an_http_address_submits_a_job(ray_head: str, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    torch.manual_seed(7)
+    path = tmp_path / "m.pt"
+    torch.save(tiny_net().state_dict(), path)
+    zoo = tmp_path / "my-zoo.yaml"
+    zoo.write_text(yaml.safe_dump({"models": [{"id": "remote/m", "source": str(path), "dataset": "cifar10"}]}))
+    out = tmp_path / "ds"
+    result = cli("build", zoo, "--out", out, "--address", ray_head, "--no-progress", "--cache-dir", tmp_path / "c")
+    assert result.code == 0, result.out + result.err
+    assert "submitted Ray job" in result.out and ": succeeded" in result.out
+    assert "1 models extracted" in result.out  # the job's own summary, streamed back
+    with open_dataset(str(out)) as ds:
+        assert ds.con.execute("SELECT model_id FROM models").fetchall() == [("remote/m",)]

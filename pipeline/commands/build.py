@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pipeline.build import BuildConfig, build_zoo, load_entries, plan
 from pipeline.errors import ConfigError
@@ -72,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.address and args.address.startswith("http"):
         from pipeline.distributed import submit_build_job
 
-        argv = [a for a in sys.argv[1:] if a != "build"]
-        argv = _drop_option(argv, "--address")
+        argv = _drop_option(args.argv[args.argv.index("build") + 1:], "--address")
         return submit_build_job(args.address, argv, args.zoo)
     if args.dry_run:
         entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
@@ -96,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,
                         progress=not args.no_progress, model_info=args.model_info, datasets=args.datasets,
                         threat_models=args.threat_models, models=models, limit=args.limit,
-                        command=" ".join(["filterlens", *sys.argv[1:]]), **options)
+                        command=" ".join(["filterlens", *args.argv]), **options)
     print(summary.text())
     return summary.exit_code(args.allow_failures)
 

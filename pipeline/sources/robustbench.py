@@ -137,7 +137,7 @@ def robustbench_catalog(model_info: str | os.PathLike | None = None, fetch: bool
     by_sources: dict[tuple[str, tuple[str, ...]], ZooEntry] = {}
     for dataset, threat_model, name, zoo_entry in raw:
         sources = entry_sources(dataset, threat_model, name, zoo_entry)
-        board = {"dataset": dataset, "threat_model": threat_model}
+        board = {"dataset": dataset, "threat_model": threat_model, "name": name}
         key = (dataset, tuple(sources))
         if sources and key in by_sources:
             by_sources[key].metadata["leaderboards"].append(board)
