@@ -439,10 +439,14 @@ def read_zoo(path: str) -> dict:
 
 
 def write_zoo(path: str, name: str, entries: Sequence[dict]) -> None:
-    """Write the zoo YAML atomically (keys in a stable order, so unchanged zoos are byte-identical)."""
-    text = yaml.safe_dump({"name": name, "models": list(entries)}, sort_keys=False, default_flow_style=False,
-                          width=120)
-    atomic_write_bytes(path, text.encode())
+    """Write the zoo YAML atomically; keys in a stable order, and an unchanged zoo is not rewritten."""
+    data = yaml.safe_dump({"name": name, "models": list(entries)}, sort_keys=False, default_flow_style=False,
+                          width=120).encode()
+    if os.path.isfile(path):
+        with open(path, "rb") as fh:
+            if fh.read() == data:
+                return  # unchanged: leave the file (and its mtime) alone
+    atomic_write_bytes(path, data)
 
 
 def reusable(entry: dict | None, config: TrainConfig, zoo_dir: str) -> bool:
