@@ -18,8 +18,10 @@ Layout of ``--out`` (default ``filterlens-demo/``)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -116,6 +118,7 @@ class DemoResult:
     directions: list[Direction]
     report: str | None
     seconds: dict[str, float] = field(default_factory=dict)
+    stats_text: str = ""
 
 
 # --- the paper's directions, measured ------------------------------------------------------
@@ -259,11 +262,14 @@ def run_demo(config: DemoConfig) -> DemoResult:
     t2 = time.perf_counter()
     directions = paper_directions(config.dataset_path, ZOO_NAME)
     write_directions_csv(directions, os.path.join(config.out, "directions.csv"))
-    report = None
+    report, stats_text = None, ""
     if config.stats and stats_available():
         from pipeline.cli import main as cli_main
 
-        code = cli_main(["stats", config.dataset_path, "--out", config.report_path])
+        captured = io.StringIO()
+        with contextlib.redirect_stdout(captured):  # printed by the demo after its own summary
+            code = cli_main(["stats", config.dataset_path, "--out", config.report_path])
+        stats_text = captured.getvalue()
         if code != 0:
             raise ConfigError(f"filterlens stats failed with exit code {code}; see the messages above")
         report = config.report_path
@@ -271,4 +277,4 @@ def run_demo(config: DemoConfig) -> DemoResult:
         log.warning("filterlens stats is not part of this installation; skipping the report")
     seconds["stats"] = time.perf_counter() - t2
     seconds["total"] = time.perf_counter() - t0
-    return DemoResult(zoo, build.text(), directions, report, seconds)
+    return DemoResult(zoo, build.text(), directions, report, seconds, stats_text)

@@ -90,6 +90,11 @@ class TrainConfig:
             raise ConfigError("adversarial training needs eps > 0, attack_steps >= 1 and step_size > 0")
         if self.eval_steps < 0 or self.eps < 0:
             raise ConfigError("eval_steps and eps must be >= 0")
+        if self.dataset in ("cifar10", "cifar100") and not self.data_root:
+            raise ConfigError(f"{self.dataset} needs --data-root, a folder with CIFAR in torchvision's layout "
+                              "(filterlens never downloads it)")
+        if self.dataset not in ("synthetic", "cifar10", "cifar100"):
+            raise ConfigError(f"unknown training dataset {self.dataset!r}; use synthetic, cifar10 or cifar100")
         if self.dataset == "synthetic" and (not self.n_train or not self.n_test):
             self.n_train = self.n_train or 5000
             self.n_test = self.n_test or 1000
@@ -482,6 +487,15 @@ def _estimated_cost(config: TrainConfig) -> float:
     return config.epochs * (config.n_train or 50000) * ((config.attack_steps + 1) if config.adversarial else 1)
 
 
+def task_resources(cluster_resources: dict) -> tuple[int, str]:
+    """(GPUs per training task, device) for a cluster: a GPU each only when the cluster has one.
+
+    A task asking for a GPU on a CPU-only cluster would wait forever, so this is
+    decided from the cluster's resources at run time, never assumed.
+    """
+    return (1, "cuda") if cluster_resources.get("GPU", 0) >= 1 else (0, "cpu")
+
+
 def _run_ray(configs: list[TrainConfig], ray_address: str | None, progress: bool,
              on_done: Callable[[TrainConfig, TrainResult | BaseException], None]) -> str:
     """Train ``configs`` as Ray tasks (num_gpus=1 each only when the cluster has GPUs); returns the backend used."""
@@ -494,13 +508,11 @@ def _run_ray(configs: list[TrainConfig], ray_address: str | None, progress: bool
             kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
                 p for p in (_project_root(), os.environ.get("PYTHONPATH", "")) if p)}}
         ray.init(address=ray_address, **kwargs)
-    gpus = ray.cluster_resources().get("GPU", 0)
-    num_gpus = 1 if gpus >= 1 else 0
+    num_gpus, device = task_resources(ray.cluster_resources())
     remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=1)(_train_task)
     by_ref = {}
     for config in configs:
-        task_config = dataclasses.replace(config, device="cuda" if num_gpus else "cpu",
-                                          threads=config.threads or (None if num_gpus else 1))
+        task_config = dataclasses.replace(config, device=device, threads=config.threads or (None if num_gpus else 1))
         by_ref[remote.remote(task_config)] = config
     log.info("training %d models as Ray tasks (%s per task)", len(configs), "1 GPU" if num_gpus else "1 CPU")
     pending = list(by_ref)

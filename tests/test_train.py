@@ -229,3 +229,17 @@ def test_training_is_deterministic(trained) -> None:
     again = train_one(replace(TINY, adversarial=False, epochs=4))
     assert again.state_dict_bytes == trained[False].state_dict_bytes
     assert (again.clean_acc, again.robust_acc) == (trained[False].clean_acc, trained[False].robust_acc)
+
+
+def test_training_on_a_local_cifar_folder_with_augmentation(tmp_path) -> None:
+    _fake_cifar10(str(tmp_path))
+    config = TrainConfig(arch=arch_spec("tiny_cnn"), dataset="cifar10", data_root=str(tmp_path), epochs=2,
+                         batch_size=4, adversarial=True, attack_steps=1, eval_steps=1, threads=1, device="cpu")
+    result = train_one(config)
+    assert config.model_id == "filterlens-demo/cifar10/Linf/tiny_cnn-adv-s0"
+    assert len(result.history) == 2 and all(np.isfinite(h["loss"]) for h in result.history)
+    assert result.clean_acc in (0.0, 25.0, 50.0, 75.0, 100.0)  # 4 held-out images
+    with pytest.raises(ConfigError, match="--data-root"):
+        TrainConfig(arch=arch_spec("tiny_cnn"), dataset="cifar100")
+    with pytest.raises(ConfigError, match="unknown training dataset"):
+        TrainConfig(arch=arch_spec("tiny_cnn"), dataset="imagenet")

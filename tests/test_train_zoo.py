@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pipeline.errors import ConfigError, TrainingError
 from pipeline.extract import extract_model
 from pipeline.sources.zoo import load_zoo_file
 from pipeline.store import DatasetStore
-from pipeline.train import ZOO_KEYS, TrainConfig, read_zoo, train_zoo, zoo_plan
+from pipeline.train import ZOO_KEYS, TrainConfig, read_zoo, task_resources, train_zoo, zoo_plan
 
 BASE = TrainConfig(arch=arch_spec("tiny_cnn"), n_train=300, n_test=100, epochs=1, batch_size=50,
                    eps=8 / 255, attack_steps=1, step_size=8 / 255, eval_steps=2, n_eval_robust=50,
@@ -156,3 +158,37 @@ def test_ray_tasks_give_the_same_models_as_local(zoo_dir: Path, tmp_path: Path, 
                                                              local[entry["id"]]["robust_acc"])
         assert entry["metadata"]["device"] == "cpu"
     assert os.path.getsize(tmp_path / summary.entries[0]["source"]) > 0
+
+
+def test_gpu_per_task_only_when_the_cluster_has_one() -> None:
+    assert task_resources({"CPU": 2.0}) == (0, "cpu")
+    assert task_resources({"CPU": 16.0, "GPU": 0.5}) == (0, "cpu")
+    assert task_resources({"CPU": 16.0, "GPU": 4.0}) == (1, "cuda")
+
+
+TRAIN_ARGS = ["--arch", "pipeline.demo_models:tiny_cnn", "--kind", "adversarial", "--epochs", "1", "--n-train",
+              "100", "--n-test", "40", "--n-eval-robust", "20", "--eval-steps", "1", "--attack-steps", "1",
+              "--batch-size", "50", "--id-prefix", "lab", "--backend", "local", "--no-progress"]
+
+
+def test_train_command_writes_a_zoo(tmp_path: Path, cli) -> None:
+    res = cli("train", *TRAIN_ARGS, "--seeds", "2", "--zoo", tmp_path / "zoo.yaml")
+    assert res.code == 0, res.err
+    assert "2 trained, 0 reused" in res.out and "lab/synthetic/Linf/tiny_cnn-adv-s1" in res.out
+    doc = read_zoo(str(tmp_path / "zoo.yaml"))
+    assert doc["name"] == "lab" and [m["robust"] for m in doc["models"]] == [True, True]
+    again = cli("train", *TRAIN_ARGS, "--seeds", "2", "--zoo", tmp_path / "zoo.yaml")
+    assert "0 trained, 2 reused" in again.out
+    bad = cli("train", "--arch", "pipeline.demo_models:tiny_cnn", "--dataset", "cifar10", "--zoo",
+              tmp_path / "c.yaml", "--backend", "local")
+    assert bad.code == 2 and "--data-root" in bad.err
+
+
+def test_ray_job_entrypoint_runs_filterlens_train(tmp_path: Path) -> None:
+    """jobs/train_zoo.py is what `ray job submit -- python jobs/train_zoo.py ...` runs (here without a cluster)."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, str(root / "jobs" / "train_zoo.py"), *TRAIN_ARGS, "--zoo",
+                           str(tmp_path / "zoo.yaml")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert [m["id"] for m in read_zoo(str(tmp_path / "zoo.yaml"))["models"]] == ["lab/synthetic/Linf/tiny_cnn-adv-s0"]

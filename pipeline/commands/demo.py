@@ -87,12 +87,17 @@ def run(args: argparse.Namespace) -> int:
     out.write("\nthe paper's directions, robust vs normal, paired by architecture and seed "
               "(sparsity lower, variance entropy higher, orthogonality higher):\n")
     out.write(directions_text(result.directions) + "\n")
-    out.write(f"(also in {config.out}/directions.csv)\n")
+    out.write(f"(also in {config.out}/directions.csv; 'pairs agreeing' counts pairs, it is not a significance "
+              "test: the stats report below tests the differences)\n")
     if result.report:
+        if result.stats_text.strip():
+            out.write("\nfilterlens stats:\n" + result.stats_text.rstrip() + "\n")
         out.write(f"\nreport: {result.report}/report.md and {result.report}/report.html\n")
     else:
         out.write("\nno statistics report (filterlens stats skipped or not installed)\n")
     out.write(f"query it: filterlens sql {config.dataset_path} \"SELECT model_id, robust, clean_acc, robust_acc "
               f"FROM models\"\n")
-    out.write(f"done in {result.seconds['total']:.1f}s\n")
+    s = result.seconds
+    out.write(f"done in {s['total']:.1f}s (training {s['train']:.1f}s, build {s['build']:.1f}s, "
+              f"stats {s['stats']:.1f}s)\n")
     return 0
