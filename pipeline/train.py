@@ -146,6 +146,7 @@ class TrainResult:
     n_params: int
     device: str
     history: list[dict] = field(default_factory=list)
+    model_class: str = ""
 
 
 # --- the math ------------------------------------------------------------------------------
@@ -344,7 +345,7 @@ def train_one(config: TrainConfig, on_epoch: Callable[[dict], None] | None = Non
     log.info("%s: clean %.1f%%, PGD-%d robust %.1f%% (train %.1fs, eval %.1fs on %s)", config.model_id, clean,
              config.eval_steps, robust, trained - started, evaluated - trained, device)
     return TrainResult(config.model_id, buffer.getvalue(), clean, robust, trained - started, evaluated - trained,
-                       sum(p.numel() for p in model.parameters()), str(device), history)
+                       sum(p.numel() for p in model.parameters()), str(device), history, type(model).__name__)
 
 
 # --- checkpoints and the zoo file ----------------------------------------------------------
@@ -374,8 +375,8 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def architecture_name(arch: str) -> str:
-    """Human-readable architecture name for an arch spec (the demo factories' names, else the spec's name)."""
+def architecture_name(arch: str, model_class: str = "") -> str:
+    """Human-readable architecture name: the demo factories' names, timm/torchvision names, else the model's class."""
     spec = parse_arch_spec(arch)
     if spec.kind == "module" and spec.name.startswith("pipeline.demo_models:"):
         from pipeline.demo_models import ARCHITECTURES
@@ -383,7 +384,9 @@ def architecture_name(arch: str) -> str:
         factory = spec.name.split(":")[1]
         if factory in ARCHITECTURES:
             return ARCHITECTURES[factory][0]
-    return spec.name.split(":")[-1]
+    if spec.kind in ("timm", "torchvision") or not model_class:
+        return spec.name.split(":")[-1]
+    return model_class
 
 
 def zoo_entry(config: TrainConfig, result: TrainResult, source: str, sha256: str) -> dict:
@@ -418,7 +421,7 @@ def zoo_entry(config: TrainConfig, result: TrainResult, source: str, sha256: str
         "threat_model": config.threat_model,
         "robust": config.adversarial,
         "input_shape": f"3x{config.image_size}x{config.image_size}",
-        "architecture": architecture_name(config.arch),
+        "architecture": architecture_name(config.arch, result.model_class),
         "clean_acc": round(result.clean_acc, 2),
         "robust_acc": round(result.robust_acc, 2),
         "eps": round(config.eps, 7),

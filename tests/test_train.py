@@ -243,3 +243,12 @@ def test_training_on_a_local_cifar_folder_with_augmentation(tmp_path) -> None:
         TrainConfig(arch=arch_spec("tiny_cnn"), dataset="cifar100")
     with pytest.raises(ConfigError, match="unknown training dataset"):
         TrainConfig(arch=arch_spec("tiny_cnn"), dataset="imagenet")
+
+
+def test_architecture_names() -> None:
+    from pipeline.train import architecture_name
+
+    assert architecture_name(arch_spec("small_wrn"), "SmallWideResNet") == "SmallPreActWRN-8-2 (16/32/64)"
+    assert architecture_name("timm:resnet18", "ResNet") == "resnet18"
+    assert architecture_name("robustbench:cifar10:Linf:Wong2020Fast", "PreActResNet") == "PreActResNet"
+    assert architecture_name("mypackage.nets:build") == "build"
