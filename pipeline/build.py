@@ -165,7 +165,9 @@ def plan(entries: Sequence[ZooEntry], store: DatasetStore, force: bool) -> tuple
 def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, device: str,
                     force: bool = False, keep_checkpoints: bool = False) -> ExtractResult:
     """The per-model unit every backend runs after the download: extract, then free the cache."""
-    result = extract_model(entry.request(fetched.paths), store, device=device, force=force, progress=False)
+    request = entry.request(fetched.paths)
+    request.digest = (fetched.sha256, fetched.n_bytes)  # hashed by the download: not read again
+    result = extract_model(request, store, device=device, force=force, progress=False)
     if not keep_checkpoints:
         fetched.delete_owned()
     return result
@@ -186,29 +188,34 @@ def record_build_failure(store: DatasetStore, entry: ZooEntry, exc: BaseExceptio
     return row
 
 
-def enforce_cache_budget(cache_dir: str, max_bytes: float | None, protect: set[str]) -> int:
-    """Delete the least recently used cached checkpoints beyond ``max_bytes``; returns bytes freed."""
-    if max_bytes is None:
-        return 0
-    files = [p for p in Path(cache_dir).rglob("*") if p.is_file() and not p.name.endswith(".part")]
-    total = sum(p.stat().st_size for p in files)
-    freed = 0
-    for path in sorted(files, key=lambda p: p.stat().st_atime):
-        if total - freed <= max_bytes:
-            break
-        if str(path) in protect:
-            continue
-        size = path.stat().st_size
-        path.unlink(missing_ok=True)
-        freed += size
-    return freed
+class KeptCheckpoints:
+    """Checkpoints kept after extraction (--keep-checkpoints), evicted oldest first beyond a byte budget.
+
+    Only files whose model is done are ever evicted, so a checkpoint waiting for
+    its extraction is never deleted under it.
+    """
+
+    def __init__(self, max_bytes: float | None) -> None:
+        self.max_bytes = max_bytes
+        self.kept: list[tuple[str, int]] = []
+
+    def add(self, fetched: FetchedCheckpoint) -> list[str]:
+        """Remember a finished model's cached files; return the files evicted to stay within budget."""
+        self.kept += [(p, Path(p).stat().st_size) for p, owned in zip(fetched.paths, fetched.owned, strict=True)
+                      if owned and Path(p).exists()]
+        evicted = []
+        while self.max_bytes is not None and self.kept and sum(n for _, n in self.kept) > self.max_bytes:
+            path, _ = self.kept.pop(0)
+            Path(path).unlink(missing_ok=True)
+            evicted.append(path)
+        return evicted
 
 
 def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: DatasetStore,
                 progress: BuildProgress) -> BuildSummary:
     """Process the models one after another in this process (no Ray)."""
     summary = BuildSummary()
-    max_bytes = config.cache_max_gb * 1e9 if config.cache_max_gb else None
+    kept = KeptCheckpoints(config.cache_max_gb * 1e9 if config.cache_max_gb else None)
 
     def fail(entry: ZooEntry, exc: BaseException, attempts: int, started: float) -> None:
         summary.failures.append(record_build_failure(store, entry, exc, attempts, time.perf_counter() - started))
@@ -241,8 +248,9 @@ def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: Dataset
             summary.skipped += result.skipped
             summary.filters += result.n_filters
             progress.model_done(result.n_filters)
+            if config.keep_checkpoints:
+                kept.add(fetched)
             break
-        enforce_cache_budget(config.cache_dir, max_bytes, set())
     return summary
 
 

@@ -33,6 +33,7 @@ from pipeline.build import (
     BuildConfig,
     BuildProgress,
     BuildSummary,
+    KeptCheckpoints,
     extract_fetched,
     record_build_failure,
 )
@@ -83,13 +84,15 @@ MAX_ACTOR_RESTARTS = 3
 class Extractor:
     """Holds the dataset handle and the device; extracts one model at a time."""
 
-    def __init__(self, out: str, device: str, threads: int, keep_checkpoints: bool) -> None:
+    def __init__(self, out: str, device: str, threads: int, keep_checkpoints: bool,
+                 cache_budget_bytes: float | None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
         self.store = DatasetStore(out)
         self.device = device
         self.keep_checkpoints = keep_checkpoints
+        self.kept = KeptCheckpoints(cache_budget_bytes)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -99,6 +102,8 @@ class Extractor:
         try:
             result = extract_fetched(ZooEntry(**entry), checkpoint, self.store, self.device, force,
                                      self.keep_checkpoints)
+            if self.keep_checkpoints:
+                self.kept.add(checkpoint)
             return {"result": asdict(result)}
         except Exception as exc:  # noqa: BLE001 - failures travel as values
             failure = _failure_value(exc)
@@ -159,8 +164,10 @@ class _Job:
 
 
 def _start_actors(plan: ActorPlan, config: BuildConfig, store: DatasetStore) -> tuple[list, list[str]]:
+    budget = config.cache_max_gb * 1e9 / plan.count if config.cache_max_gb else None  # each actor's share
     actors = [Extractor.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus).remote(
-        store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints) for _ in range(plan.count)]
+        store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints, budget)
+        for _ in range(plan.count)]
     refs = [a.node_id.remote() for a in actors]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=config.stall_timeout_s)
     if len(ready) < len(refs):

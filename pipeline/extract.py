@@ -30,11 +30,11 @@ from pipeline.checkpoints import (
 from pipeline.errors import ConfigError, NoConvWeightsError, describe
 from pipeline.metrics import layer_metrics, weight_statistics
 from pipeline.schema import arrow_schema, to_table
+from pipeline.sources.zoo import THREAT_MODELS
 from pipeline.store import DatasetStore, filters_write_schema, slugify
 
 log = logging.getLogger(__name__)
 
-THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
 
 
 @dataclass
@@ -57,6 +57,8 @@ class ModelRequest:
     paper: str | None = None
     venue: str | None = None
     metadata: dict = field(default_factory=dict)
+    digest: tuple[str, int] | None = None
+    """(sha256, bytes) of the checkpoint files when already known (a build's download computed it)."""
 
     def __post_init__(self) -> None:
         if not self.model_id or not self.model_id.strip():
@@ -145,7 +147,7 @@ def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight
     w = weight.detach().to("cpu", torch.float32).contiguous()
     c_out, c_in = int(w.shape[0]), int(w.shape[1])
     n = c_out * c_in
-    by_position = np.ascontiguousarray(w.reshape(n, 9).numpy().T)
+    by_position = w.reshape(n, 9).T.contiguous().numpy()  # one (multi-threaded) transpose: 9 contiguous columns
     zeros = pa.array(np.zeros(n, dtype=np.int32))
     columns = {
         "model_id": pa.DictionaryArray.from_arrays(zeros, pa.array([model_id])),
@@ -175,7 +177,9 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     """
     started = time.perf_counter()
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    digest = sha256_of_files(request.checkpoints) if all(os.path.isfile(p) for p in request.checkpoints) else None
+    digest = request.digest
+    if digest is None and all(os.path.isfile(p) for p in request.checkpoints):
+        digest = sha256_of_files(request.checkpoints)
     if digest and not force and store.is_complete(request.model_id, digest[0]):
         log.info("%s: already complete (sha256 %s), skipping", request.model_id, digest[0][:12])
         return ExtractResult(request.model_id, True, digest[0], device=str(torch_device))

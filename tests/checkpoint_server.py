@@ -12,14 +12,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 @dataclass
 class Served:
-    data: bytes
+    data: bytes | Path
+    """The bytes, or a file read from disk at each request (for large benchmark checkpoints)."""
     behaviour: str = "ok"
     delay_s: float = 0.0
     hits: int = 0
+
+    def payload(self) -> bytes:
+        return self.data.read_bytes() if isinstance(self.data, Path) else self.data
 
 
 @dataclass
@@ -58,7 +63,7 @@ class CheckpointServer:
                     self.end_headers()
                     self.wfile.write(body)
                     return
-                data, start = served.data, 0
+                data, start = served.payload(), 0
                 if range_header and range_header.startswith("bytes="):
                     start = int(range_header[len("bytes="):].split("-")[0])
                     if start >= len(data):
@@ -89,7 +94,7 @@ class CheckpointServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}"
 
-    def add(self, path: str, data: bytes, behaviour: str = "ok", delay_s: float = 0.0) -> None:
+    def add(self, path: str, data: bytes | Path, behaviour: str = "ok", delay_s: float = 0.0) -> None:
         self.files[path] = Served(data, behaviour, delay_s)
 
     def hits(self, path: str) -> int:
@@ -98,3 +103,20 @@ class CheckpointServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def serve_directory(directory: Path) -> CheckpointServer:
+    """Serve every file below ``directory`` at its relative path (read from disk per request)."""
+    server = CheckpointServer()
+    for path in directory.rglob("*"):
+        if path.is_file():
+            server.add("/" + path.relative_to(directory).as_posix(), path)
+    return server
+
+
+if __name__ == "__main__":  # python tests/checkpoint_server.py DIR: serve DIR until killed, print the URL
+    import sys
+
+    running = serve_directory(Path(sys.argv[1]))
+    print(running.url, flush=True)
+    running.thread.join()

@@ -253,3 +253,20 @@ def test_sigkill_mid_build_then_rerun_gives_every_model_exactly_once(tmp_path: P
     committed = set(store.committed_files("layers")) | set(store.committed_files("filters"))
     on_disk = {str(p) for t in ("layers", "filters") for p in (out / t).rglob("*") if p.is_file()}
     assert on_disk == committed
+
+
+def test_kept_checkpoints_stay_within_the_cache_budget(tmp_path: Path, server: CheckpointServer) -> None:
+    models = []
+    for i in range(3):
+        uri = f"{ORIGIN}/keep-{i}.pt"
+        server.add("/" + mirror_path(uri), padded_bytes(40 + i))
+        models.append({"id": f"keep/m{i}", "source": uri, "dataset": "cifar10"})
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text(yaml.safe_dump({"models": models}))
+    size = len(padded_bytes(40))
+    budget_gb = 2.5 * size / 1e9  # room for two checkpoints
+    summary = build_zoo(str(zoo), str(tmp_path / "ds"), backend="local", keep_checkpoints=True,
+                        cache_max_gb=budget_gb, **build_options(tmp_path, server))
+    assert summary.done == 3
+    kept = sorted(p.parent.name for p in (tmp_path / "cache").rglob("*.pt"))
+    assert kept == ["keep--m1", "keep--m2"]  # the oldest was evicted, the newest two kept

@@ -73,3 +73,28 @@ def test_build_to_s3_and_query_back(s3_root: str, tmp_path: Path, ray_cluster: N
     assert result.out.splitlines() == ['"n"', "9"]
     again = build_zoo(str(zoo), s3_root, cache_dir=str(tmp_path / "cache"), progress=False, backend="local")
     assert (again.done, again.skipped) == (0, 3)
+
+
+def test_checkpoint_source_on_s3_is_fetched_through_fsspec(s3_root: str, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+
+    from pipeline.sources.fetch import fetch_entry
+    from pipeline.sources.zoo import ZooEntry
+
+    endpoint = "http://" + s3_root.split("endpoint_override=")[1].split("&")[0]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    torch.manual_seed(3)
+    local = tmp_path / "m.pt"
+    torch.save(tiny_net().state_dict(), local)
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").upload_file(str(local), "lab", "ckpts/m.pt")
+    import hashlib
+
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    fetched = fetch_entry(ZooEntry(id="s3/src", sources=["s3://lab/ckpts/m.pt"], sha256=digest), tmp_path / "cache")
+    assert fetched.sha256 == digest and fetched.owned == [True]
+    assert Path(fetched.paths[0]).read_bytes() == local.read_bytes()
+    from pipeline.errors import SourceNotFoundError
+
+    with pytest.raises(SourceNotFoundError):
+        fetch_entry(ZooEntry(id="s3/missing", sources=["s3://lab/ckpts/nope.pt"]), tmp_path / "cache")

@@ -29,14 +29,20 @@ gdrive:<file id> (as RobustBench uses), s3://, gs:// (via fsspec).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.extract import THREAT_MODELS, ModelRequest, parse_input_shape
+
+if TYPE_CHECKING:
+    from pipeline.extract import ModelRequest
+
+THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
 
 ENTRY_KEYS = {"id", "source", "sha256", "arch", "dataset", "threat_model", "robust", "input_shape", "architecture",
               "clean_acc", "robust_acc", "eps", "extra_data", "paper", "venue", "metadata"}
@@ -65,6 +71,8 @@ class ZooEntry:
 
     def request(self, paths: Sequence[str]) -> ModelRequest:
         """The extraction request for this entry once its checkpoint files are local."""
+        from pipeline.extract import ModelRequest, parse_input_shape
+
         return ModelRequest(
             model_id=self.id, checkpoints=list(paths), arch=self.arch, dataset=self.dataset,
             threat_model=self.threat_model, robust=self.robust, source_uri=" ".join(self.sources),
@@ -123,8 +131,8 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
     if not isinstance(metadata, dict):
         raise ConfigError(f"{where} ({raw['id']}): metadata must be a mapping")
     input_shape = raw.get("input_shape")
-    if input_shape is not None:
-        parse_input_shape(str(input_shape))
+    if input_shape is not None and not re.fullmatch(r"\d+x\d+x\d+", str(input_shape)):
+        raise ConfigError(f"{where} ({raw['id']}): input_shape must be CxHxW, e.g. 3x32x32")
     return ZooEntry(
         id=str(raw["id"]), sources=sources, sha256=raw.get("sha256"), arch=raw.get("arch"),
         dataset=str(raw.get("dataset", "unknown")), threat_model=threat_model, robust=robust,
