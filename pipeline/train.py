@@ -147,6 +147,9 @@ class TrainResult:
     device: str
     history: list[dict] = field(default_factory=list)
     model_class: str = ""
+    n_eval_clean: int = 0
+    n_eval_robust: int = 0
+    n_train_images: int = 0
 
 
 # --- the math ------------------------------------------------------------------------------
@@ -345,7 +348,8 @@ def train_one(config: TrainConfig, on_epoch: Callable[[dict], None] | None = Non
     log.info("%s: clean %.1f%%, PGD-%d robust %.1f%% (train %.1fs, eval %.1fs on %s)", config.model_id, clean,
              config.eval_steps, robust, trained - started, evaluated - trained, device)
     return TrainResult(config.model_id, buffer.getvalue(), clean, robust, trained - started, evaluated - trained,
-                       sum(p.numel() for p in model.parameters()), str(device), history, type(model).__name__)
+                       sum(p.numel() for p in model.parameters()), str(device), history, type(model).__name__,
+                       len(test_data), min(config.n_eval_robust or len(test_data), len(test_data)), len(train_data))
 
 
 # --- checkpoints and the zoo file ----------------------------------------------------------
@@ -399,9 +403,9 @@ def zoo_entry(config: TrainConfig, result: TrainResult, source: str, sha256: str
         "attack_steps": config.attack_steps if config.adversarial else 0,
         "step_size": round(config.step_size, 7) if config.adversarial else None,
         "eval_attack": f"PGD-Linf-{config.eval_steps} (step {step_size:.6f}, random start)",
-        "n_eval_robust": min(config.n_eval_robust or len(_data(config, "test")), len(_data(config, "test"))),
-        "n_train": config.n_train,
-        "n_test": config.n_test,
+        "n_eval_robust": result.n_eval_robust,
+        "n_train": result.n_train_images,
+        "n_test": result.n_eval_clean,
         "data_seed": config.data_seed,
         "batch_size": config.batch_size,
         "lr": config.lr,

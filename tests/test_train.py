@@ -239,6 +239,7 @@ def test_training_on_a_local_cifar_folder_with_augmentation(tmp_path) -> None:
     assert config.model_id == "filterlens-demo/cifar10/Linf/tiny_cnn-adv-s0"
     assert len(result.history) == 2 and all(np.isfinite(h["loss"]) for h in result.history)
     assert result.clean_acc in (0.0, 25.0, 50.0, 75.0, 100.0)  # 4 held-out images
+    assert (result.n_train_images, result.n_eval_clean, result.n_eval_robust) == (10, 4, 4)
     with pytest.raises(ConfigError, match="--data-root"):
         TrainConfig(arch=arch_spec("tiny_cnn"), dataset="cifar100")
     with pytest.raises(ConfigError, match="unknown training dataset"):

@@ -62,7 +62,7 @@ def test_zoo_file_has_exactly_the_build_keys(zoo_dir: Path) -> None:
         assert (meta["seed"], meta["epochs"], meta["n_train"]) == (0, 1, 300)
         assert meta["attack_steps"] == (1 if robust else 0)
         assert meta["config_hash"] == replace(BASE, adversarial=robust).config_hash()
-        assert meta["train_seconds"] > 0 and meta["n_eval_robust"] == 50
+        assert meta["train_seconds"] > 0 and (meta["n_test"], meta["n_eval_robust"]) == (100, 50)
 
 
 def test_the_lead_zoo_reader_accepts_it(zoo_dir: Path) -> None:
