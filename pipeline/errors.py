@@ -161,3 +161,17 @@ def describe(exc: BaseException) -> tuple[str, str, bool]:
         return exc.stage, getattr(exc, "error_class", type(exc).__name__), exc.transient
     transient = isinstance(exc, (ConnectionError, TimeoutError))
     return "extract", type(exc).__name__, transient
+
+
+# --- training (stage "train") ----------------------------------------------------------
+class TrainingError(FilterlensError):
+    """Training a model failed (diverged, or its task raised)."""
+
+    stage = "train"
+    exit_code = 3
+
+
+class BuildFailedError(FilterlensError):
+    """Some models of a build that had to succeed as a whole (the demo's) failed; see failures/."""
+
+    exit_code = 3
