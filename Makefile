@@ -21,13 +21,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python benchmarks/make_checkpoint.py --arch robustbench:cifar10:Linf:Andriushchenko2020Understanding \
-		--wrap last --out $(OUT)/checkpoints/Andriushchenko2020Understanding.pt
-	$(BIN)/filterlens extract $(OUT)/checkpoints/Andriushchenko2020Understanding.pt --out $(OUT)/dataset \
-		--arch robustbench:cifar10:Linf:Andriushchenko2020Understanding \
-		--model-id robustbench/cifar10/Linf/Andriushchenko2020Understanding --architecture PreActResNet-18
-	$(BIN)/filterlens info $(OUT)/dataset
-	$(BIN)/filterlens sql $(OUT)/dataset "SELECT conv_index, layer_name, n_filters, sparsity, variance_entropy, orthogonality FROM layers ORDER BY conv_index"
+	$(BIN)/filterlens demo --out $(OUT)/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
