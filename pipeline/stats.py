@@ -348,7 +348,8 @@ def scan_engine(options: StatsOptions) -> str:
 
 def _prepare_duckdb_scan(ds: FilterDataset, targets: list[ScanTarget], basis: PCABasis,
                          edges: np.ndarray | None) -> ScanStats:
-    """The temp table _scan_groups, the basis as variables and the view _scan_filters for sql/coefficient_*.sql.
+    """The temp table _scan_groups, the basis as variables, the view _scan_filters and (sql/scan_coefficients.sql)
+    the view _scan_coefficients that sql/coefficient_*.sql read.
 
     _scan_filters tags each model's rows with its target number (one UNION ALL branch per
     model): joining on the dictionary-encoded model_id column trips an internal error of
@@ -379,6 +380,7 @@ def _prepare_duckdb_scan(ds: FilterDataset, targets: list[ScanTarget], basis: PC
             ds.con.register(source, pads.dataset(list(target.files), filesystem=ds.store.fs, format="parquet"))
         branches.append(f"SELECT {i}::BIGINT AS target, {columns} FROM {source}")
     ds.con.execute("CREATE OR REPLACE TEMP VIEW _scan_filters AS " + "\nUNION ALL ".join(branches))
+    ds.con.execute(load_sql("scan_coefficients"))
     return ScanStats(rows=sum(w[3] for w in _row_groups(targets, _open(ds))))
 
 
