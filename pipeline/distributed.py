@@ -112,14 +112,18 @@ class Extractor:
             return failure
 
 
-def connect(address: str | None) -> None:
-    """Join (``auto``, ``ray://...``, or RAY_ADDRESS inside a job) or start (default) a Ray cluster."""
+def connect(address: str | None, log_to_driver: bool = True) -> None:
+    """Join (``auto``, ``ray://...``, or RAY_ADDRESS inside a job) or start (None, ``local``) a Ray cluster."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
+    if address == "local" or (address is None and not os.environ.get("RAY_ADDRESS")):
         kwargs["include_dashboard"] = False
+        # workers import this package from the driver's source tree, installed or not
+        project_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)}}
     ray.init(address=address, **kwargs)
 
 
@@ -365,3 +369,59 @@ def _quote(arg: str) -> str:
 
     return shlex.quote(arg)
 
+
+# --- training (pipeline.train): one Ray task per model ------------------------------------------------
+
+def task_resources(cluster_resources: dict) -> tuple[int, str]:
+    """(GPUs per training task, device) for a cluster: a GPU each only when the cluster has one.
+
+    A task asking for a GPU on a CPU-only cluster would wait forever, so this is
+    decided from the cluster's resources at run time, never assumed.
+    """
+    return (1, "cuda") if cluster_resources.get("GPU", 0) >= 1 else (0, "cpu")
+
+
+def _train_task(config):  # noqa: ANN001, ANN202 - a pipeline.train.TrainConfig -> TrainResult
+    """The body of one training task (module-level so Ray pickles it by reference)."""
+    from pipeline.train import train_one
+
+    logging.basicConfig(level=logging.WARNING)
+    return train_one(config)
+
+
+def train_on_ray(configs: list, address: str | None, progress: bool, on_done) -> str:  # noqa: ANN001
+    """Train ``configs`` (pipeline.train.TrainConfig) as Ray tasks, calling ``on_done(config, result or
+    exception)`` as each finishes; num_gpus=1 per task only when the cluster has GPUs. Returns "ray"."""
+    import dataclasses
+
+    from tqdm import tqdm
+
+    connect(address, log_to_driver=False)
+    num_gpus, device = task_resources(ray.cluster_resources())
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=1)(_train_task)
+    by_ref = {}
+    for config in configs:
+        task_config = dataclasses.replace(config, device=device, threads=config.threads or (None if num_gpus else 1))
+        by_ref[remote.remote(task_config)] = config
+    log.info("training %d models as Ray tasks (%s per task)", len(configs), "1 GPU" if num_gpus else "1 CPU")
+    pending = list(by_ref)
+    last_progress = time.monotonic()
+    with tqdm(total=len(configs), desc="training", unit="model", disable=None if progress else True) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=60)
+            if not done:
+                if time.monotonic() - last_progress > 600:
+                    log.warning("no model finished in %.0f min; still training: %s",
+                                (time.monotonic() - last_progress) / 60,
+                                ", ".join(by_ref[r].model_id for r in pending[:5]))
+                continue
+            last_progress = time.monotonic()
+            for ref in done:
+                config = by_ref[ref]
+                try:
+                    on_done(config, ray.get(ref))
+                except Exception as exc:  # noqa: BLE001 - a RayTaskError wraps the task's exception
+                    on_done(config, getattr(exc, "cause", None) or exc)
+                bar.update(1)
+                bar.set_postfix_str(config.model_id.rsplit("/", 1)[-1])
+    return "ray"

@@ -494,67 +494,6 @@ def _estimated_cost(config: TrainConfig) -> float:
     return config.epochs * (config.n_train or 50000) * ((config.attack_steps + 1) if config.adversarial else 1)
 
 
-def task_resources(cluster_resources: dict) -> tuple[int, str]:
-    """(GPUs per training task, device) for a cluster: a GPU each only when the cluster has one.
-
-    A task asking for a GPU on a CPU-only cluster would wait forever, so this is
-    decided from the cluster's resources at run time, never assumed.
-    """
-    return (1, "cuda") if cluster_resources.get("GPU", 0) >= 1 else (0, "cpu")
-
-
-def _run_ray(configs: list[TrainConfig], ray_address: str | None, progress: bool,
-             on_done: Callable[[TrainConfig, TrainResult | BaseException], None]) -> str:
-    """Train ``configs`` as Ray tasks (num_gpus=1 each only when the cluster has GPUs); returns the backend used."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-
-    if not ray.is_initialized():
-        kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
-        if ray_address in (None, "local"):
-            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-                p for p in (_project_root(), os.environ.get("PYTHONPATH", "")) if p)}}
-        ray.init(address=ray_address, **kwargs)
-    num_gpus, device = task_resources(ray.cluster_resources())
-    remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=1)(_train_task)
-    by_ref = {}
-    for config in configs:
-        task_config = dataclasses.replace(config, device=device, threads=config.threads or (None if num_gpus else 1))
-        by_ref[remote.remote(task_config)] = config
-    log.info("training %d models as Ray tasks (%s per task)", len(configs), "1 GPU" if num_gpus else "1 CPU")
-    pending = list(by_ref)
-    last_progress = time.monotonic()
-    with tqdm(total=len(configs), desc="training", unit="model", disable=None if progress else True) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=60)
-            if not done:
-                if time.monotonic() - last_progress > 600:
-                    log.warning("no model finished in %.0f min; still training: %s",
-                                (time.monotonic() - last_progress) / 60,
-                                ", ".join(by_ref[r].model_id for r in pending[:5]))
-                continue
-            last_progress = time.monotonic()
-            for ref in done:
-                config = by_ref[ref]
-                try:
-                    on_done(config, ray.get(ref))
-                except Exception as exc:  # a RayTaskError wraps the task's exception
-                    on_done(config, getattr(exc, "cause", None) or exc)
-                bar.update(1)
-                bar.set_postfix_str(config.model_id.rsplit("/", 1)[-1])
-    return "ray"
-
-
-def _train_task(config: TrainConfig) -> TrainResult:
-    """The body of one Ray task (module-level so Ray can pickle it by reference)."""
-    logging.basicConfig(level=logging.WARNING)
-    return train_one(config)
-
-
-def _project_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _run_local(configs: list[TrainConfig], progress: bool,
                on_done: Callable[[TrainConfig, TrainResult | BaseException], None]) -> str:
     with tqdm(total=len(configs), desc="training", unit="model", disable=None if progress else True) as bar:
@@ -629,7 +568,9 @@ def train_zoo(configs: Iterable[TrainConfig], zoo_path: str, *, name: str = "fil
     to_train.sort(key=_estimated_cost, reverse=True)
     if to_train:
         if backend == "ray":
-            summary.backend = _run_ray(to_train, ray_address, progress, on_done)
+            from pipeline.distributed import train_on_ray  # Ray lives in the orchestration module
+
+            summary.backend = train_on_ray(to_train, ray_address, progress, on_done)
         else:
             summary.backend = _run_local(to_train, progress, on_done)
     flush()

@@ -13,11 +13,12 @@ import pytest
 import yaml
 
 from pipeline.demo_models import arch_spec, tiny_cnn
+from pipeline.distributed import task_resources
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.extract import extract_model
 from pipeline.sources.zoo import load_zoo_file
 from pipeline.store import DatasetStore
-from pipeline.train import ZOO_KEYS, TrainConfig, read_zoo, task_resources, train_zoo, zoo_plan
+from pipeline.train import ZOO_KEYS, TrainConfig, read_zoo, train_zoo, zoo_plan
 
 BASE = TrainConfig(arch=arch_spec("tiny_cnn"), n_train=300, n_test=100, epochs=1, batch_size=50,
                    eps=8 / 255, attack_steps=1, step_size=8 / 255, eval_steps=2, n_eval_robust=50,
