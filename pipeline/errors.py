@@ -117,6 +117,32 @@ class SchemaMismatchError(StoreError):
     transient = False
 
 
+# --- publishing to the Hugging Face Hub (stage "publish") ------------------------------
+class PublishError(FilterlensError):
+    """Publishing the dataset to a Hub repo failed (network, server); rerunning resumes it."""
+
+    stage = "publish"
+    transient = True
+    exit_code = 4
+
+
+class HubAuthError(PublishError):
+    """No Hugging Face token, or the Hub rejected it (invalid, or no write access to the repo)."""
+
+    transient = False
+    exit_code = 2
+
+
+class HubConflictError(PublishError):
+    """The repo changed while we were publishing (another writer); rerun to continue on top of it."""
+
+
+class HubLimitError(PublishError):
+    """The dataset does not fit the Hub's repo limits (files per folder or per repo)."""
+
+    transient = False
+
+
 # --- configuration and queries ---------------------------------------------------------
 class ConfigError(FilterlensError):
     """Bad command-line or zoo-file input."""

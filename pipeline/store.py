@@ -92,6 +92,10 @@ def resolve_root(root: str) -> tuple[pafs.FileSystem, str]:
             if scheme == "file":
                 raise StoreError(f"cannot open {root}: {exc}") from None
             log.debug("pyarrow cannot open %s (%s); trying fsspec", root, exc)
+    if scheme == "hf":  # HfFileSystem with $HF_ENDPOINT read now, pinned to one commit (pipeline/hub.py)
+        from pipeline.hub import open_hub_root
+
+        return open_hub_root(root)
     try:
         import fsspec
         from pyarrow.fs import FSSpecHandler, PyFileSystem
