@@ -616,6 +616,9 @@ def publish(dataset: str, repo_id: str, *, token: str | None = None, revision: s
         quiet = contextlib.nullcontext() if progress else disable_progress_bars()
         with hub_errors(endpoint, repo_id, origin, revision), quiet:
             api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+            if private and not api.repo_info(repo_id, repo_type="dataset").private:
+                log.warning("%s already exists and is public: --private only applies when the repo is created",
+                            repo_id)
             if revision != "main":
                 api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
             return sync(api, tree, repo_id, revision, message, max_files=max_files, max_bytes=max_bytes,

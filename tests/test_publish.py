@@ -7,6 +7,7 @@ Xet is disabled). Fixture datasets are extracted from small generated checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections import Counter
@@ -403,6 +404,17 @@ def test_hf_uri_roots_read_through_hffilesystem(dataset: Path, published: Path, 
     assert no_branch.code == 4 and "has no revision 'no-such-branch'" in no_branch.err
 
 
+def test_stats_over_an_hf_root_match_the_local_dataset(dataset: Path, published: Path, tmp_path: Path,
+                                                       cli) -> None:  # noqa: ANN001
+    remote = cli("stats", f"hf://datasets/{REPO}", "--out", tmp_path / "remote")
+    assert remote.code == 0, remote.err
+    assert cli("stats", dataset, "--out", tmp_path / "local").code == 0
+    tables = sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "tables").rglob("*.csv"))
+    assert len(tables) > 5
+    for table in tables:
+        assert (tmp_path / "remote" / table).read_bytes() == (tmp_path / "local" / table).read_bytes(), table
+
+
 def test_private_repos_read_with_the_token_from_the_environment(dataset: Path, hub: FakeHub,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     publishing.publish(str(dataset), REPO, token=TOKEN, private=True, revision="dev", progress=False)
@@ -411,3 +423,32 @@ def test_private_repos_read_with_the_token_from_the_environment(dataset: Path, h
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with open_dataset(f"hf://datasets/{REPO}@dev") as ds:
         assert ds.sql("SELECT count(*) FROM layers").fetchall() == [(ROWS["layers"],)]
+
+
+# --- the real Hub (opt-in) ------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_hub_smoke(base_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publish to a real Hub repo and read it back; needs FILTERLENS_HUB_TEST_REPO=ORG/NAME, HF_TOKEN, network."""
+    import os
+
+    repo = os.environ.get("FILTERLENS_HUB_TEST_REPO")
+    if not repo or not os.environ.get("HF_TOKEN"):
+        pytest.skip("set FILTERLENS_HUB_TEST_REPO=ORG/NAME and HF_TOKEN to publish to the real Hub")
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    api = HfApi(endpoint=publishing.hub_endpoint())
+    try:
+        api.whoami()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the Hub means: no network here
+        pytest.skip(f"the Hub is not reachable: {exc}")
+    branch = f"filterlens-smoke-{os.getpid()}"
+    try:
+        result = publishing.publish(str(base_dataset), repo, revision=branch, private=True, progress=False)
+        assert not result.up_to_date
+        with open_dataset(f"hf://datasets/{repo}@{branch}") as ds:
+            assert ds.sql("SELECT count(*) FROM filters").fetchall() == [(ROWS["filters"],)]
+        assert publishing.publish(str(base_dataset), repo, revision=branch, progress=False).up_to_date
+    finally:
+        with contextlib.suppress(Exception):
+            api.delete_branch(repo, branch=branch, repo_type="dataset")
