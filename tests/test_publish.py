@@ -316,6 +316,11 @@ def test_offline_mode_and_bad_repo_ids_are_refused(dataset: Path, hub: FakeHub, 
     assert bad.code == 2 and "must be ORG/NAME" in bad.err
     from huggingface_hub import constants
 
+    not_empty = cli("publish", dataset, "--repo", REPO, "--stage-only", dataset)
+    assert not_empty.code == 2 and "must be new or empty" in not_empty.err
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    unreachable = cli("publish", dataset, "--repo", REPO, "--token", TOKEN)
+    assert unreachable.code == 4 and "cannot reach http://127.0.0.1:9" in unreachable.err
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     offline = cli("publish", dataset, "--repo", REPO, "--token", TOKEN)
     assert offline.code == 4 and "HF_HUB_OFFLINE is set" in offline.err
@@ -385,6 +390,10 @@ def test_hf_uri_roots_read_through_hffilesystem(dataset: Path, published: Path, 
         DatasetStore(str(dataset)).delete_model("zoo/imagenet/robust-b")
         publishing.publish(str(dataset), REPO, token=TOKEN, progress=False)
         assert remote.sql("SELECT count(*) FROM filters").fetchall() == [(ROWS["filters"],)]
+
+    # a published repo is itself a dataset root: staging from it gives the same tree, byte for byte
+    from_hub = publishing.stage(uri, tmp_path / "from-hub", REPO)
+    assert {p: Path(f.local).read_bytes() for p, f in from_hub.files.items()} == repo_files(hub)
 
     sql = cli("sql", uri, "SELECT count(*) AS n FROM models", "--format", "csv")
     assert sql.code == 0, sql.err
