@@ -63,6 +63,22 @@ def check_online() -> None:
                            "unset HF_HUB_OFFLINE to publish or read hf:// datasets")
 
 
+def _refuse_write(*args: object, **kwargs: object) -> None:
+    raise StoreError("hf:// dataset roots are read-only: build the dataset locally (or on S3), then "
+                     "`filterlens publish DATASET --repo ORG/NAME`")
+
+
+class ReadOnlyFSSpecHandler(pafs.FSSpecHandler):
+    """pyarrow's FSSpecHandler with every write refused: hf:// roots are pinned to a commit and read-only.
+
+    (Writing a dataset file by file through HfFileSystem would make one commit per
+    file; build locally and ``filterlens publish`` instead.)
+    """
+
+    create_dir = delete_dir = delete_dir_contents = delete_root_dir_contents = delete_file = _refuse_write
+    move = copy_file = open_output_stream = open_append_stream = _refuse_write
+
+
 def split_hf_uri(uri: str) -> tuple[str, str, str | None, str]:
     """``hf://datasets/ORG/NAME[@rev][/path]`` -> (repo_type, repo_id, revision, path_in_repo)."""
     from huggingface_hub.utils import parse_hf_uri
@@ -80,6 +96,7 @@ def open_hub_root(uri: str) -> tuple[pafs.FileSystem, str]:
     file a reader lists and reads comes from the same snapshot even while a new
     version is being published. Reads go through huggingface_hub's
     ``HfFileSystem`` (fsspec) wrapped for pyarrow; no DuckDB extension is needed.
+    Writes are refused with a StoreError (publish with ``filterlens publish``).
     """
     import httpx2
     from huggingface_hub import HfApi, HfFileSystem
@@ -88,7 +105,7 @@ def open_hub_root(uri: str) -> tuple[pafs.FileSystem, str]:
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
+    from pyarrow.fs import PyFileSystem
 
     repo_type, repo_id, revision, path_in_repo = split_hf_uri(uri)
     quiet_http_logs()
@@ -117,4 +134,4 @@ def open_hub_root(uri: str) -> tuple[pafs.FileSystem, str]:
         path = f"{path}/{path_in_repo}"
     log.debug("%s -> %s on %s", uri, path, endpoint)
     fs = HfFileSystem(endpoint=endpoint, skip_instance_cache=True)
-    return PyFileSystem(FSSpecHandler(fs)), path
+    return PyFileSystem(ReadOnlyFSSpecHandler(fs)), path

@@ -406,6 +406,12 @@ def test_hf_uri_roots_read_through_hffilesystem(dataset: Path, published: Path, 
     with open_dataset(f"hf://datasets/{REPO}@{first_publish}") as ds:  # a revision given by commit id
         assert ds.sql("SELECT count(*) FROM models").fetchall() == [(3,)]
 
+    checkpoint = tmp_path / "net.pt"
+    torch.save(nn.Sequential(nn.Conv2d(3, 2, 3)).state_dict(), checkpoint)
+    write = cli("extract", checkpoint, "--out", uri, "--model-id", "x/y")
+    assert write.code == 4 and "hf:// dataset roots are read-only" in write.err
+    assert not any("x--y" in p for p in hub.files(REPO))
+
     missing = cli("sql", "hf://datasets/lab/nothing-here", "SELECT 1")
     assert missing.code == DatasetNotFoundError.exit_code
     assert "no dataset repo lab/nothing-here" in missing.err
