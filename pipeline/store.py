@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.errors import DatasetNotFoundError, StoreError
+from pipeline.errors import DatasetNotFoundError, StoreError, describe
 from pipeline.schema import arrow_schema, check_schema, schema_version, to_table
 
 log = logging.getLogger(__name__)
@@ -263,12 +263,25 @@ class DatasetStore:
         """Start writing a new version of one model; commit it with ``ModelWriter.commit``."""
         return ModelWriter(self, model_id, dataset)
 
-    def record_failure(self, row: dict) -> None:
-        """Write (replace) the failures row of one model."""
-        row = {"failed_at": utcnow(), "pipeline_version": __version__, **row}
-        row.setdefault("model", slugify(row["model_id"]))
-        table = to_table("failures", {k: [v] for k, v in row.items()})
-        self._write_table_atomic(table, self.failure_path(row["model"]))
+    def record_failure(self, model_id: str, dataset: str | None, source_uri: str | None, exc: BaseException,
+                       attempts: int = 1, duration_s: float = 0.0, stage: str | None = None) -> dict:
+        """Write (replace) the failures row of a model whose latest attempt raised ``exc``; returns the row.
+
+        A failure to write it (the dataset itself unreachable) is logged, not raised:
+        the caller is already reporting the model's own error.
+        """
+        exc_stage, error_class, transient = describe(exc)
+        row = {"model_id": model_id, "dataset": dataset, "model": slugify(model_id), "source_uri": source_uri,
+               "stage": stage or exc_stage, "error_class": error_class,
+               "message": str(exc).splitlines()[0] if str(exc) else error_class, "attempts": attempts,
+               "duration_s": duration_s, "transient": transient, "failed_at": utcnow(),
+               "pipeline_version": __version__}
+        try:
+            self._write_table_atomic(to_table("failures", {k: [v] for k, v in row.items()}),
+                                     self.failure_path(row["model"]))
+        except StoreError as write_error:
+            log.error("could not record the failure of %s in %s: %s", model_id, self.uri, write_error)
+        return row
 
     def clear_failure(self, slug: str) -> None:
         self._delete_file(self.failure_path(slug))
