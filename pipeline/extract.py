@@ -24,9 +24,9 @@ from pipeline.checkpoints import (
     ConvWeight,
     LoadedCheckpoint,
     load_checkpoint,
-    sha256_of_files,
     state_dict_convs,
 )
+from pipeline.digest import sha256_of_files
 from pipeline.errors import ConfigError, NoConvWeightsError
 from pipeline.metrics import layer_metrics, weight_statistics
 from pipeline.schema import arrow_schema, to_table
