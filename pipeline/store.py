@@ -217,14 +217,28 @@ class DatasetStore:
         """The failures table: models whose latest attempt failed."""
         return self._read_parts("failures")
 
+    _STORED_COLUMNS = ["model_id", "dataset", "model", "write_id", "n_filter_files", "checkpoint_sha256",
+                       "schema_version", "source_uri"]
+
+    @staticmethod
+    def _stored(rows: list[dict]) -> dict[str, StoredModel]:
+        return {r["model_id"]: StoredModel(r["model_id"], r["dataset"], r["model"], r["write_id"], r["n_filter_files"],
+                                           r["checkpoint_sha256"], r["schema_version"], r["source_uri"]) for r in rows}
+
     def stored_models(self) -> dict[str, StoredModel]:
         """Committed models by model_id."""
-        table = self.models().select(["model_id", "dataset", "model", "write_id", "n_filter_files",
-                                      "checkpoint_sha256", "schema_version", "source_uri"])
-        return {row["model_id"]: StoredModel(row["model_id"], row["dataset"], row["model"], row["write_id"],
-                                             row["n_filter_files"], row["checkpoint_sha256"], row["schema_version"],
-                                             row["source_uri"])
-                for row in table.to_pylist()}
+        return self._stored(self.models().select(self._STORED_COLUMNS).to_pylist())
+
+    def stored_model(self, model_id: str) -> StoredModel | None:
+        """One committed model, read from its own row file (no scan of the whole models table)."""
+        path = self.model_row_path(slugify(model_id))
+        try:
+            table = pq.read_table(path, filesystem=self.fs, columns=self._STORED_COLUMNS)
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            if self._exists(path):
+                raise
+            return None
+        return self._stored(table.to_pylist()).get(model_id)
 
     def complete_models(self) -> dict[str, StoredModel]:
         """Committed models under the current schema whose files all exist (one listing, for build plans)."""
@@ -245,7 +259,7 @@ class DatasetStore:
 
     def is_complete(self, model_id: str, checkpoint_sha256: str | None = None) -> bool:
         """True when the model is committed under the current schema, with that digest, and its files exist."""
-        model = self.stored_models().get(model_id)
+        model = self.stored_model(model_id)
         if model is None or model.schema_version != schema_version():
             return False
         if checkpoint_sha256 is not None and model.checkpoint_sha256 != checkpoint_sha256:
@@ -288,7 +302,7 @@ class DatasetStore:
 
     def delete_model(self, model_id: str) -> bool:
         """Remove a committed model (row first, then its files); True when it existed."""
-        model = self.stored_models().get(model_id)
+        model = self.stored_model(model_id)
         if model is None:
             return False
         self._delete_file(self.model_row_path(model.slug))
@@ -491,7 +505,7 @@ class ModelWriter:
             self.finish_filters()
             layers_path = f"{self.layers_dir}/part-{self.write_id}.parquet"
             self.store._write_table_atomic(layers, layers_path, row_group_size=1 << 20)
-            previous = self.store.stored_models().get(self.model_id)
+            previous = self.store.stored_model(self.model_id)
             row = {**model_row, "model_id": self.model_id, "dataset": self.dataset, "model": self.slug,
                    "write_id": self.write_id, "n_filter_files": len(self._files), "n_filters": self.n_filters,
                    "schema_version": schema_version(), "pipeline_version": __version__}
