@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.errors import ConfigError, FilterlensError, describe
+from pipeline.errors import ConfigError, describe
 from pipeline.sources.fetch import FetchedCheckpoint, FetchPolicy, fetch_entry
 from pipeline.sources.zoo import ZooEntry, load_zoo_file, select
 from pipeline.store import DatasetStore, StoredModel, utcnow
@@ -179,18 +179,9 @@ def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetS
 
 
 def record_build_failure(store: DatasetStore, entry: ZooEntry, exc: BaseException, attempts: int,
-                         duration_s: float, stage: str | None = None) -> dict:
-    """Write the failures row of a model and return it (for the summary)."""
-    exc_stage, error_class, transient = describe(exc)
-    message = str(exc).splitlines()[0] if str(exc) else error_class
-    row = {"model_id": entry.id, "dataset": entry.dataset, "source_uri": " ".join(entry.sources),
-           "stage": stage or exc_stage, "error_class": error_class, "message": message, "attempts": attempts,
-           "duration_s": duration_s, "transient": transient}
-    try:
-        store.record_failure(row)
-    except FilterlensError as write_error:  # the dataset itself is unreachable: still report it
-        log.error("could not record the failure of %s: %s", entry.id, write_error)
-    return row
+                         duration_s: float) -> dict:
+    """Write the failures row of a zoo entry and return it (for the summary)."""
+    return store.record_failure(entry.id, entry.dataset, " ".join(entry.sources), exc, attempts, duration_s)
 
 
 class KeptCheckpoints:

@@ -13,7 +13,6 @@ as several files or as a list of state dicts in one file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import pickle
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.digest import sha256_of_files
 from pipeline.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
@@ -41,7 +41,6 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "la
 """Keys under which checkpoints nest their state dict, in order of preference
 (RobustBench takes ``last`` over ``best``)."""
 
-_HASH_CHUNK = 8 << 20
 
 
 def _safe_globals() -> list:
@@ -84,21 +83,6 @@ class LoadedCheckpoint:
     onnx_convs: list[ConvWeight] | None = None
     onnx_n_params: int = 0
     unwrap_paths: list[str] = field(default_factory=list)
-
-
-def sha256_of_files(paths: Sequence[str | os.PathLike]) -> tuple[str, int]:
-    """(hex sha256, total bytes): of the file itself, or of the member digests in order for several files."""
-    digests, total = [], 0
-    for path in paths:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_HASH_CHUNK):
-                h.update(chunk)
-                total += len(chunk)
-        digests.append(h.hexdigest())
-    if len(digests) == 1:
-        return digests[0], total
-    return hashlib.sha256("".join(digests).encode()).hexdigest(), total
 
 
 def detect_format(path: str | os.PathLike) -> str:

@@ -24,10 +24,10 @@ from pipeline.checkpoints import (
     ConvWeight,
     LoadedCheckpoint,
     load_checkpoint,
-    sha256_of_files,
     state_dict_convs,
 )
-from pipeline.errors import ConfigError, NoConvWeightsError, describe
+from pipeline.digest import sha256_of_files
+from pipeline.errors import ConfigError, NoConvWeightsError
 from pipeline.metrics import layer_metrics, weight_statistics
 from pipeline.schema import arrow_schema, to_table
 from pipeline.sources.zoo import THREAT_MODELS
@@ -279,26 +279,6 @@ def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: Conv
     return row, filter_batch(request.model_id, request.dataset, slug, index, weight, sparse)
 
 
-def record_failure(store: DatasetStore, request: ModelRequest, exc: BaseException, attempts: int = 1,
-                   duration_s: float = 0.0, stage: str | None = None) -> dict:
-    """Write the failures row for a model whose attempt raised ``exc``; returns the row."""
-    exc_stage, error_class, transient = describe(exc)
-    message = str(exc).splitlines()[0] if str(exc) else error_class
-    row = {
-        "model_id": request.model_id,
-        "dataset": request.dataset,
-        "source_uri": request.source_uri or " ".join(request.checkpoints),
-        "stage": stage or exc_stage,
-        "error_class": error_class,
-        "message": message,
-        "attempts": attempts,
-        "duration_s": duration_s,
-        "transient": transient,
-    }
-    store.record_failure(row)
-    return row
-
-
 def run_one(request: ModelRequest, store: DatasetStore, device: str | torch.device = "auto",
             force: bool = False, progress: bool = True) -> ExtractResult:
     """extract_model, recording a failures row when it raises (then re-raising)."""
@@ -306,5 +286,6 @@ def run_one(request: ModelRequest, store: DatasetStore, device: str | torch.devi
     try:
         return extract_model(request, store, device=device, force=force, progress=progress)
     except Exception as exc:  # expected errors and bugs alike leave a row in failures/
-        record_failure(store, request, exc, duration_s=time.perf_counter() - started)
+        store.record_failure(request.model_id, request.dataset, request.source_uri or " ".join(request.checkpoints),
+                             exc, duration_s=time.perf_counter() - started)
         raise

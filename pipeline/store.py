@@ -36,7 +36,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.errors import DatasetNotFoundError, StoreError
+from pipeline.errors import DatasetNotFoundError, StoreError, describe
 from pipeline.schema import arrow_schema, check_schema, schema_version, to_table
 
 log = logging.getLogger(__name__)
@@ -221,14 +221,28 @@ class DatasetStore:
         """The failures table: models whose latest attempt failed."""
         return self._read_parts("failures")
 
+    _STORED_COLUMNS = ["model_id", "dataset", "model", "write_id", "n_filter_files", "checkpoint_sha256",
+                       "schema_version", "source_uri"]
+
+    @staticmethod
+    def _stored(rows: list[dict]) -> dict[str, StoredModel]:
+        return {r["model_id"]: StoredModel(r["model_id"], r["dataset"], r["model"], r["write_id"], r["n_filter_files"],
+                                           r["checkpoint_sha256"], r["schema_version"], r["source_uri"]) for r in rows}
+
     def stored_models(self) -> dict[str, StoredModel]:
         """Committed models by model_id."""
-        table = self.models().select(["model_id", "dataset", "model", "write_id", "n_filter_files",
-                                      "checkpoint_sha256", "schema_version", "source_uri"])
-        return {row["model_id"]: StoredModel(row["model_id"], row["dataset"], row["model"], row["write_id"],
-                                             row["n_filter_files"], row["checkpoint_sha256"], row["schema_version"],
-                                             row["source_uri"])
-                for row in table.to_pylist()}
+        return self._stored(self.models().select(self._STORED_COLUMNS).to_pylist())
+
+    def stored_model(self, model_id: str) -> StoredModel | None:
+        """One committed model, read from its own row file (no scan of the whole models table)."""
+        path = self.model_row_path(slugify(model_id))
+        try:
+            table = pq.read_table(path, filesystem=self.fs, columns=self._STORED_COLUMNS)
+        except (FileNotFoundError, OSError, pa.ArrowInvalid):
+            if self._exists(path):
+                raise
+            return None
+        return self._stored(table.to_pylist()).get(model_id)
 
     def complete_models(self) -> dict[str, StoredModel]:
         """Committed models under the current schema whose files all exist (one listing, for build plans)."""
@@ -249,7 +263,7 @@ class DatasetStore:
 
     def is_complete(self, model_id: str, checkpoint_sha256: str | None = None) -> bool:
         """True when the model is committed under the current schema, with that digest, and its files exist."""
-        model = self.stored_models().get(model_id)
+        model = self.stored_model(model_id)
         if model is None or model.schema_version != schema_version():
             return False
         if checkpoint_sha256 is not None and model.checkpoint_sha256 != checkpoint_sha256:
@@ -267,19 +281,32 @@ class DatasetStore:
         """Start writing a new version of one model; commit it with ``ModelWriter.commit``."""
         return ModelWriter(self, model_id, dataset)
 
-    def record_failure(self, row: dict) -> None:
-        """Write (replace) the failures row of one model."""
-        row = {"failed_at": utcnow(), "pipeline_version": __version__, **row}
-        row.setdefault("model", slugify(row["model_id"]))
-        table = to_table("failures", {k: [v] for k, v in row.items()})
-        self._write_table_atomic(table, self.failure_path(row["model"]))
+    def record_failure(self, model_id: str, dataset: str | None, source_uri: str | None, exc: BaseException,
+                       attempts: int = 1, duration_s: float = 0.0, stage: str | None = None) -> dict:
+        """Write (replace) the failures row of a model whose latest attempt raised ``exc``; returns the row.
+
+        A failure to write it (the dataset itself unreachable) is logged, not raised:
+        the caller is already reporting the model's own error.
+        """
+        exc_stage, error_class, transient = describe(exc)
+        row = {"model_id": model_id, "dataset": dataset, "model": slugify(model_id), "source_uri": source_uri,
+               "stage": stage or exc_stage, "error_class": error_class,
+               "message": str(exc).splitlines()[0] if str(exc) else error_class, "attempts": attempts,
+               "duration_s": duration_s, "transient": transient, "failed_at": utcnow(),
+               "pipeline_version": __version__}
+        try:
+            self._write_table_atomic(to_table("failures", {k: [v] for k, v in row.items()}),
+                                     self.failure_path(row["model"]))
+        except StoreError as write_error:
+            log.error("could not record the failure of %s in %s: %s", model_id, self.uri, write_error)
+        return row
 
     def clear_failure(self, slug: str) -> None:
         self._delete_file(self.failure_path(slug))
 
     def delete_model(self, model_id: str) -> bool:
         """Remove a committed model (row first, then its files); True when it existed."""
-        model = self.stored_models().get(model_id)
+        model = self.stored_model(model_id)
         if model is None:
             return False
         self._delete_file(self.model_row_path(model.slug))
@@ -482,7 +509,7 @@ class ModelWriter:
             self.finish_filters()
             layers_path = f"{self.layers_dir}/part-{self.write_id}.parquet"
             self.store._write_table_atomic(layers, layers_path, row_group_size=1 << 20)
-            previous = self.store.stored_models().get(self.model_id)
+            previous = self.store.stored_model(self.model_id)
             row = {**model_row, "model_id": self.model_id, "dataset": self.dataset, "model": self.slug,
                    "write_id": self.write_id, "n_filter_files": len(self._files), "n_filters": self.n_filters,
                    "schema_version": schema_version(), "pipeline_version": __version__}

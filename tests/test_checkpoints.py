@@ -17,10 +17,10 @@ from pipeline.checkpoints import (
     conv_weight_keys,
     detect_format,
     load_checkpoint,
-    sha256_of_files,
     state_dict_convs,
     unwrap_state_dict,
 )
+from pipeline.digest import sha256_of_files
 from pipeline.errors import (
     CheckpointNotFoundError,
     CorruptCheckpointError,

@@ -404,10 +404,9 @@ def test_a_dataset_behind_a_uri_gives_the_same_numbers(tmp_path: Path) -> None:
                for row in remote.galleries for g in row)
 
 
-PAPER_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "paper_robust_vs_normal_pairings.csv"
+PAPER_PAIRS = Path(__file__).resolve().parent / "data" / "paper_robust_vs_normal_pairings.csv"
 
 
-@pytest.mark.skipif(not PAPER_PAIRS.is_file(), reason="shared reference data not beside the repository")
 def test_the_papers_pairings_table_reads_and_matches_robustbench_ids() -> None:
     from pipeline.pairing import read_pairs_table
     table = read_pairs_table(str(PAPER_PAIRS))

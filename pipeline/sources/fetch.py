@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline.digest import sha256_of_files
 from pipeline.errors import (
     ChecksumMismatchError,
     DownloadError,
@@ -227,8 +228,6 @@ def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | Non
     Files already in the cache are reused (and re-hashed). Raises
     SourceNotFoundError, DownloadError or ChecksumMismatchError.
     """
-    from pipeline.checkpoints import sha256_of_files
-
     policy = policy or FetchPolicy()
     started = time.perf_counter()
     if not entry.sources:
