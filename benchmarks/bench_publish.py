@@ -7,7 +7,7 @@ Builds a dataset from generated VGG-like checkpoints (four 3x3 convs, ~100k filt
 staging (hard links + sha256), the first publish to the fake Hub on 127.0.0.1
 (huggingface_hub's LFS path, Xet off: measures the client and the planning, not a
 network), a republish of the unchanged dataset (must send nothing), and a republish
-after one model was added (must send only that model, the models table, manifest
+after one model was added (must send only that model's three files, the manifest
 and card). Prints one JSON object.
 """
 

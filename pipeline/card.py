@@ -214,13 +214,9 @@ def _usage(inputs: CardInputs) -> list[str]:
     ]
 
 
-PUBLISHED_LAYOUT = {"models": "models/part-<k>.parquet (all models, sorted by model_id)"}
-
-
 def _schema_section(table: str) -> list[str]:
     schema = table_schema(table)
-    layout = PUBLISHED_LAYOUT.get(table, schema.layout)
-    lines = [f"### `{table}`", "", _cell(schema.description), "", f"Files: `{layout}`", ""]
+    lines = [f"### `{table}`", "", _cell(schema.description), "", f"Files: `{schema.layout}`", ""]
     lines += ["| column | type | nullable | description |", "|---|---|---|---|"]
     for column in schema.columns:
         lines.append(f"| `{column.name}` | {_cell(column.type)} | {'yes' if column.nullable else 'no'} | "
@@ -307,12 +303,14 @@ def render_card(inputs: CardInputs) -> str:
         "",
         "## Layout", "",
         "```",
-        "models/part-*.parquet                               one row per model",
+        "models/part-<model>.parquet                         one row per model",
         "layers/dataset=<d>/model=<model>/part-*.parquet     one row per conv layer (all kernel sizes; metrics for 3x3)",
         "filters/dataset=<d>/model=<model>/part-*.parquet    one row per 3x3 filter, w0..w8 exact float32",
         "_manifest.json                                      dataset version, schema version, builds, snapshot",
         "```", "",
-        "Only committed model versions are published. Join the tables on `model_id`.", "",
+        "Only committed model versions are published. Join the tables on `model_id`. The layout is filterlens' own, "
+        "so the repo is itself a filter dataset: `filterlens sql|info|stats hf://datasets/...` read it, and a "
+        "downloaded copy can be extended with `filterlens build` and published again.", "",
         "## Tables", "",
     ]
     for table in PUBLISHED_TABLES:

@@ -5,25 +5,29 @@ writes, never ``failures/``) into the tree the repo should hold::
 
     README.md                 the dataset card (pipeline/card.py)
     _manifest.json            versions, builds (no host names or paths), snapshot digest
-    models/part-00000.parquet one row per model, sorted by model_id
+    models/part-<m>.parquet   one row per model (the model's commit marker, as in the dataset)
     layers/dataset=<d>/model=<m>/part-<write_id>.parquet
     filters/dataset=<d>/model=<m>/part-<write_id>-<k>.parquet
 
-Data files are hard-linked (or copied, or downloaded from a remote root) as they
-are; a file whose size or row groups exceed what the Hub and its dataset viewer
-handle is re-chunked (``MAX_FILE_BYTES``, ``MAX_ROW_GROUP_BYTES``) and the
-model's ``n_filter_files`` adjusted, so the staged tree is itself a valid
-filterlens dataset. Staging is deterministic: the same dataset stages to
-byte-identical files, which is what makes reruns and republishing incremental.
+The layout is the dataset's own, so the repo is itself a filter dataset (read it
+as ``hf://datasets/ORG/NAME``, or download it and keep building on it). Files
+are hard-linked (or copied, or downloaded from a remote root) as they are; a
+file whose size or row groups exceed what the Hub and its dataset viewer handle
+is re-chunked (``MAX_FILE_BYTES``, ``MAX_ROW_GROUP_BYTES``) and the model's row
+rewritten with the new ``n_filter_files``. Staging is deterministic: the same
+dataset stages to byte-identical files, which is what makes reruns and
+republishing incremental.
 
 **Syncing** compares the staged tree with the repo (LFS sha256 / git blob ids
 from one tree listing) and sends only new or changed files, in commits of at
 most ``MAX_FILES_PER_COMMIT`` files / ``MAX_BYTES_PER_COMMIT`` bytes, oldest
-first; files of removed models are deleted. The models table, the manifest and
-the card go in the **last** commit, so the card (and filterlens readers, which
-follow the models table) only ever describe a complete upload; when an existing
-card is about to be superseded, it is first marked "update in progress". Each
-commit names its parent, so a concurrent writer is detected, not overwritten.
+first: data files, then the models' rows (so a row never precedes its files, and
+filterlens readers, which follow the rows, always see complete models), then the
+manifest and the card in the **last** commit together with the deletions of
+removed models' files, so the card only ever describes a complete upload; when an
+existing card is about to be superseded, it is first marked "update in
+progress". Each commit names its parent, so a concurrent writer is detected, not
+overwritten.
 A rerun after an interruption skips every committed file and, on the LFS path,
 every object already uploaded.
 
@@ -89,7 +93,6 @@ MAX_FILES_PER_COMMIT = 100
 """Files per commit (the Hub recommends fewer than 100 per commit over HTTP)."""
 MAX_BYTES_PER_COMMIT = 2 * 2**30
 """Bytes uploaded per commit: bounds the work a commit-level resume can lose."""
-MODELS_ROWS_PER_FILE = 100_000
 CARD = "README.md"
 UPDATING_CARD = ".README.updating.md"
 MANAGED_PREFIXES = ("models/", "layers/", "filters/", "failures/")
@@ -350,14 +353,24 @@ def stage(dataset: str, out_dir: str | os.PathLike, repo_id: str, revision: str 
     if local_sources:
         log.warning("%d models' source_uri are local paths (e.g. %s); they are published as they are",
                     len(local_sources), local_sources[0])
+    row_files = {info.path for info in store._list(store.path("models"))}
+    for position, model_id in enumerate(models.column("model_id").to_pylist()):
+        model = stored[model_id]
+        source = store.model_row_path(model.slug)
+        target = out / source[len(prefix):]
+        rewrite = n_filter_files[model_id] != model.n_filter_files  # re-chunked: the row must name the new files
+        if source in row_files and not rewrite:
+            _place(store, source, target)
+        else:  # the row's own file is missing (rows merged by another tool) or must change: write it
+            row = models.slice(position, 1)
+            index = row.schema.get_field_index("n_filter_files")
+            row = row.set_column(index, row.schema.field(index), pa.array([n_filter_files[model_id]], pa.int32()))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(row, target, compression=COMPRESSION)
+        files[str(target.relative_to(out))] = target
     counts = pa.array([n_filter_files[m] for m in models.column("model_id").to_pylist()], pa.int32())
     index = models.schema.get_field_index("n_filter_files")
     models = models.set_column(index, models.schema.field(index), counts)
-    (out / "models").mkdir(exist_ok=True)
-    for k, start in enumerate(range(0, max(models.num_rows, 1), MODELS_ROWS_PER_FILE)):
-        path = out / "models" / f"part-{k:05d}.parquet"
-        pq.write_table(models.slice(start, MODELS_ROWS_PER_FILE), path, compression=COMPRESSION)
-        files[f"models/part-{k:05d}.parquet"] = path
 
     staged = {path: StagedFile(path, str(local), local.stat().st_size, sha256_file(str(local)))
               for path, local in sorted(files.items())}
@@ -528,8 +541,9 @@ def sync(api, tree: StagedTree, repo_id: str, revision: str, message: str,  # no
     changed = [f for f in tree.files.values() if not _same(f, remote.get(f.path))]
     deletions = sorted(p for p in remote if p.startswith(MANAGED_PREFIXES) and p not in tree.files)
     result.unchanged = len(tree.files) - len(changed)
-    final_paths = {CARD, MANIFEST} | {p for p in tree.files if p.startswith("models/")}
-    data = [f for f in changed if f.path not in final_paths]
+    final_paths = {CARD, MANIFEST}
+    data = [f for f in changed if f.path not in final_paths and not f.path.startswith("models/")]
+    rows = [f for f in changed if f.path.startswith("models/")]  # after the files they name
     final = sorted((f for f in changed if f.path in final_paths), key=lambda f: (f.path == CARD, f.path))
     if not changed and not deletions:
         log.info("%s@%s is up to date (%d files)", repo_id, revision, len(tree.files))
@@ -545,6 +559,7 @@ def sync(api, tree: StagedTree, repo_id: str, revision: str, message: str,  # no
         result.commits.append(info.oid)
 
     batches = commit_batches(data, max_files, max_bytes)
+    row_batches = commit_batches(rows, max_files, max_bytes)
     with tqdm(total=sum(f.size for f in changed), unit="B", unit_scale=True, desc=f"publish {repo_id}",
               disable=None if progress else True) as bar:
         if CARD in remote and (data or deletions):
@@ -553,6 +568,11 @@ def sync(api, tree: StagedTree, repo_id: str, revision: str, message: str,  # no
                 commit([_add(updating)], f"{message} (update in progress)")
         for number, batch in enumerate(batches, 1):
             commit([_add(f) for f in batch], f"{message} (data {number}/{len(batches)})")
+            result.uploaded += [f.path for f in batch]
+            result.uploaded_bytes += sum(f.size for f in batch)
+            bar.update(sum(f.size for f in batch))
+        for number, batch in enumerate(row_batches, 1):
+            commit([_add(f) for f in batch], f"{message} (models {number}/{len(row_batches)})")
             result.uploaded += [f.path for f in batch]
             result.uploaded_bytes += sum(f.size for f in batch)
             bar.update(sum(f.size for f in batch))

@@ -26,6 +26,7 @@ from torch import nn
 
 from pipeline import publish as publishing
 from pipeline.errors import (
+    CorruptCheckpointError,
     DatasetNotFoundError,
     HubAuthError,
     HubConflictError,
@@ -103,9 +104,8 @@ def test_stage_holds_only_committed_models_and_is_a_deterministic_valid_dataset(
     store = DatasetStore(str(dataset))
     orphan = dataset / "filters" / "dataset=cifar10" / "model=zoo--cifar10--normal-a" / "part-crashed-0.parquet"
     shutil.copyfile(store.filter_files(store.stored_models()["zoo/cifar10/normal-a"])[0], orphan)
-    store.record_failure({"model_id": "zoo/broken", "dataset": "cifar10", "stage": "load",
-                          "error_class": "CorruptCheckpointError", "message": "truncated", "attempts": 1,
-                          "duration_s": 0.1, "transient": False})
+    store.record_failure("zoo/broken", "cifar10", "https://models.example.org/broken.pt",
+                         CorruptCheckpointError("zoo/broken: truncated"))
     first = publishing.stage(str(dataset), tmp_path / "a", REPO)
     publishing.stage(str(dataset), tmp_path / "b", REPO)
 
@@ -187,14 +187,15 @@ def test_publish_stores_the_staged_tree_byte_for_byte_with_the_card_last(dataset
     summary = json.loads(result.out)
     assert repo_files(hub) == tree_bytes(tmp_path / "staged")
     assert summary["uploaded"] == len(tree_bytes(tmp_path / "staged")) and summary["unchanged"] == 0
-    # the card, the models table and the manifest only in the last commit; data files before it
+    # data files first, then the models' rows (each after the files it names), the card and manifest last
     records = [c for c in hub.commits if c.repo_id == REPO]
     assert [c.oid for c in records] == summary["commits"]
-    last = records[-1]
-    assert {"README.md", "_manifest.json", "models/part-00000.parquet"} <= set(last.added)
-    assert not any(p == "README.md" or p.startswith("models/") for c in records[:-1] for p in c.added)
-    assert sorted(p for c in records[:-1] for p in c.added) == sorted(
-        p for p in tree_bytes(tmp_path / "staged") if p.startswith(("layers/", "filters/")))
+    kinds = [{p.split("/")[0] for p in c.added} for c in records]
+    assert kinds[-1] == {"README.md", "_manifest.json"}
+    first_row_commit = next(i for i, k in enumerate(kinds) if "models" in k)
+    assert all(k <= {"layers", "filters"} for k in kinds[:first_row_commit])
+    assert all(k == {"models"} for k in kinds[first_row_commit:-1])
+    assert sorted(p for c in records for p in c.added) == sorted(tree_bytes(tmp_path / "staged"))
     assert not hub.repo(REPO).private
     assert sorted(hub.lfs_uploads) == sorted(set(hub.lfs_uploads))  # every object sent once
 
@@ -240,11 +241,12 @@ def test_republish_sends_only_changes_removes_models_and_marks_the_card_while_up
 
     after = repo_files(hub)
     new_model = [p for p in after if "robust-c" in p]
-    assert len(new_model) == 2 and not any("robust-b" in p for p in after)
-    assert sorted(result.deleted) == sorted(p for p in before if "robust-b" in p)
+    assert sorted(p.split("/")[0] for p in new_model) == ["filters", "layers", "models"]
+    assert not any("robust-b" in p for p in after)
+    assert sorted(result.deleted) == sorted(p for p in before if "robust-b" in p) and len(result.deleted) == 3
     changed = {p for p in after if after[p] != before.get(p)}
-    assert changed == {*new_model, "models/part-00000.parquet", "_manifest.json", "README.md"}
-    assert len(hub.lfs_uploads) - n_uploads == 3  # the new layers + filters files and the models table
+    assert changed == {*new_model, "_manifest.json", "README.md"}
+    assert len(hub.lfs_uploads) - n_uploads == 3  # the new model's layers, filters and row files
     records = hub.commits[n_commits:]
     assert records[0].added == ["README.md"] and "Update in progress" in hub.files(REPO, records[0].oid)["README.md"].decode()
     assert "Update in progress" not in after["README.md"].decode()
@@ -255,6 +257,22 @@ def test_republish_sends_only_changes_removes_models_and_marks_the_card_while_up
 
     again = publishing.publish(str(dataset), REPO, token=TOKEN, progress=False)
     assert again.up_to_date and again.unchanged == len(after) and len(hub.commits) == len(records) + n_commits
+
+
+def test_a_downloaded_repo_is_a_dataset_that_can_be_extended_and_republished(dataset: Path, tmp_path: Path,
+                                                                            hub: FakeHub) -> None:
+    publishing.publish(str(dataset), REPO, token=TOKEN, progress=False)
+    copy = hub.export(REPO, tmp_path / "download")
+    store = DatasetStore(str(copy))
+    assert store.is_complete("zoo/cifar10/robust-a")  # rows in their own files, as extract/build expect
+    add_model(copy, "zoo/cifar10/robust-c", "cifar10", True, 7, tmp_path)
+    n_uploads = len(hub.lfs_uploads)
+    result = publishing.publish(str(copy), REPO, token=TOKEN, progress=False)
+    assert sorted(p.split("/")[0] for p in result.uploaded) == [
+        "README.md", "_manifest.json", "filters", "layers", "models"]
+    assert len(hub.lfs_uploads) - n_uploads == 3 and result.deleted == []
+    with open_dataset(f"hf://datasets/{REPO}") as ds:
+        assert ds.sql("SELECT count(*) FROM models").fetchall() == [(4,)]
 
 
 def test_publish_to_a_private_branch_and_a_concurrent_writer_is_detected(dataset: Path, hub: FakeHub,
