@@ -77,6 +77,7 @@ from pipeline.store import (
     MANIFEST,
     WEIGHT_COLUMNS,
     DatasetStore,
+    StoredModel,
 )
 
 log = logging.getLogger(__name__)
@@ -305,6 +306,47 @@ def check_layout(paths: list[str]) -> None:
                                 f"{MAX_ENTRIES_PER_FOLDER:,} per folder: publish subsets to separate repos")
 
 
+def _stage_model_files(store: DatasetStore, model: StoredModel, out: Path, prefix: str) -> tuple[list[Path], bool]:
+    """Place one model's layers and filters files under ``out``; re-chunk those beyond the limits.
+
+    Returns the staged paths (the layers file first) and whether anything was re-chunked.
+    """
+    layer_target = out / store.layer_file(model)[len(prefix):]
+    _place(store, store.layer_file(model), layer_target)
+    rechunked = False
+    if not fits_hub(str(layer_target), check_size=False):  # one layers file per model: only its row groups
+        rechunk([layer_target], "layers", lambda k: layer_target, split_files=False)
+        rechunked = True
+    targets = []
+    for source in store.filter_files(model):
+        targets.append(out / source[len(prefix):])
+        _place(store, source, targets[-1])
+    if not all(fits_hub(str(t)) for t in targets):
+        base = targets[0].parent
+        targets = rechunk(targets, "filters", lambda k: base / f"part-{model.write_id}-{k}.parquet")
+        rechunked = True
+    return [layer_target, *targets], rechunked
+
+
+def _stage_row(store: DatasetStore, models: pa.Table, position: int, n_filter_files: int, out: Path,
+               prefix: str, row_files: set[str]) -> Path:
+    """Place one model's row file; rewrite it when re-chunking changed ``n_filter_files`` (or it is missing)."""
+    model_id = models.column("model_id")[position].as_py()
+    slug = models.column("model")[position].as_py()
+    source = store.model_row_path(slug)
+    target = out / source[len(prefix):]
+    if source in row_files and n_filter_files == models.column("n_filter_files")[position].as_py():
+        _place(store, source, target)
+        return target
+    row = models.slice(position, 1)
+    index = row.schema.get_field_index("n_filter_files")
+    row = row.set_column(index, row.schema.field(index), pa.array([n_filter_files], pa.int32()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(row, target, compression=COMPRESSION)
+    log.debug("%s: row file written for the published tree", model_id)
+    return target
+
+
 def stage(dataset: str, out_dir: str | os.PathLike, repo_id: str, revision: str | None = None,
           license: str | None = None) -> StagedTree:
     """Stage the committed part of ``dataset`` (a path or URI) into ``out_dir`` for publishing to ``repo_id``."""
@@ -315,78 +357,52 @@ def stage(dataset: str, out_dir: str | os.PathLike, repo_id: str, revision: str 
         raise ConfigError(f"{out}: the staging folder must be new or empty")
     out.mkdir(parents=True, exist_ok=True)
     models = store.models().sort_by("model_id")
-    stored = store.stored_models()
+    stored = DatasetStore._stored(models.select(DatasetStore._STORED_COLUMNS).to_pylist())
     present = {info.path for table in ("layers", "filters") for info in store._list(store.path(table), recursive=True)}
-    missing = [m for m in sorted(stored) if not all(p in present for p in
-                                                    [store.layer_file(stored[m]), *store.filter_files(stored[m])])]
+    missing = [m for m, model in stored.items()
+               if not all(p in present for p in [store.layer_file(model), *store.filter_files(model)])]
     if missing:
         raise StoreError(f"{dataset}: {len(missing)} committed models have missing files (e.g. {missing[0]}); "
                          "rebuild them (filterlens build/extract --force) or delete them before publishing")
     prefix = store.root.rstrip("/") + "/"
+    check_layout([p[len(prefix):] for m in stored.values() for p in
+                  [store.model_row_path(m.slug), store.layer_file(m), *store.filter_files(m)]])  # fail fast
     files: dict[str, Path] = {}
     n_filter_files: dict[str, int] = {}
     rechunked: list[str] = []
-    for model_id in models.column("model_id").to_pylist():
-        model = stored[model_id]
-        layer_source = store.layer_file(model)
-        layer_target = out / layer_source[len(prefix):]
-        _place(store, layer_source, layer_target)
-        if not fits_hub(str(layer_target), check_size=False):  # one layers file per model: only row groups
-            rechunk([layer_target], "layers", lambda k, t=layer_target: t, split_files=False)
-            rechunked.append(model_id)
-        files[str(layer_target.relative_to(out))] = layer_target
-        targets = []
-        for source in store.filter_files(model):
-            target = out / source[len(prefix):]
-            _place(store, source, target)
-            targets.append(target)
-        if not all(fits_hub(str(t)) for t in targets):
-            base = targets[0].parent
-            targets = rechunk(targets, "filters", lambda k, b=base, w=model.write_id: b / f"part-{w}-{k}.parquet")
-            rechunked.append(model_id)
-        n_filter_files[model_id] = len(targets)
-        for target in targets:
-            files[str(target.relative_to(out))] = target
+    for model_id, model in stored.items():
+        paths, changed = _stage_model_files(store, model, out, prefix)
+        n_filter_files[model_id] = len(paths) - 1
+        rechunked += [model_id] if changed else []
+        files.update({str(p.relative_to(out)): p for p in paths})
+    row_files = {info.path for info in store._list(store.path("models"))}
+    for position, model_id in enumerate(models.column("model_id").to_pylist()):
+        row = _stage_row(store, models, position, n_filter_files[model_id], out, prefix, row_files)
+        files[str(row.relative_to(out))] = row
     if rechunked:
-        log.info("re-chunked %d models' files to fit the Hub's limits", len(set(rechunked)))
+        log.info("re-chunked %d models' files to fit the Hub's limits", len(rechunked))
     local_sources = [s for s in models.column("source_uri").to_pylist() if s and "://" not in s]
     if local_sources:
         log.warning("%d models' source_uri are local paths (e.g. %s); they are published as they are",
                     len(local_sources), local_sources[0])
-    row_files = {info.path for info in store._list(store.path("models"))}
-    for position, model_id in enumerate(models.column("model_id").to_pylist()):
-        model = stored[model_id]
-        source = store.model_row_path(model.slug)
-        target = out / source[len(prefix):]
-        rewrite = n_filter_files[model_id] != model.n_filter_files  # re-chunked: the row must name the new files
-        if source in row_files and not rewrite:
-            _place(store, source, target)
-        else:  # the row's own file is missing (rows merged by another tool) or must change: write it
-            row = models.slice(position, 1)
-            index = row.schema.get_field_index("n_filter_files")
-            row = row.set_column(index, row.schema.field(index), pa.array([n_filter_files[model_id]], pa.int32()))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            pq.write_table(row, target, compression=COMPRESSION)
-        files[str(target.relative_to(out))] = target
-    counts = pa.array([n_filter_files[m] for m in models.column("model_id").to_pylist()], pa.int32())
     index = models.schema.get_field_index("n_filter_files")
-    models = models.set_column(index, models.schema.field(index), counts)
+    models = models.set_column(index, models.schema.field(index),
+                               pa.array([n_filter_files[m] for m in models.column("model_id").to_pylist()], pa.int32()))
 
     staged = {path: StagedFile(path, str(local), local.stat().st_size, sha256_file(str(local)))
               for path, local in sorted(files.items())}
-    table_of = {path: path.split("/", 1)[0] for path in staged}
     rows = {t: 0 for t in ("models", "layers", "filters")}
     size = {t: 0 for t in rows}
-    n_files = Counter(table_of.values())
     for path, item in staged.items():
-        rows[table_of[path]] += pq.read_metadata(item.local).num_rows
-        size[table_of[path]] += item.size
+        rows[path.split("/", 1)[0]] += pq.read_metadata(item.local).num_rows
+        size[path.split("/", 1)[0]] += item.size
     snapshot = hashlib.sha256("".join(f"{p}\t{f.sha256}\n" for p, f in staged.items()).encode()).hexdigest()
     manifest = published_manifest(store.read_manifest(), snapshot, rows, models.num_rows)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     n_failures = store.failures().num_rows
     inputs = CardInputs(
-        repo_id=repo_id, models=models.to_pylist(), rows=rows, files=dict(n_files), bytes=size, manifest=manifest,
+        repo_id=repo_id, models=models.to_pylist(), rows=rows, bytes=size, manifest=manifest,
+        files=dict(Counter(path.split("/", 1)[0] for path in staged)),
         snapshot=snapshot, revision=revision, license=license, pipeline_version=__version__,
         excluded=[f"`failures` ({n_failures} models whose latest extraction failed)"] if n_failures else [],
     )
@@ -395,7 +411,7 @@ def stage(dataset: str, out_dir: str | os.PathLike, repo_id: str, revision: str 
         local = out / path
         staged[path] = StagedFile(path, str(local), local.stat().st_size, sha256_file(str(local)))
     check_layout([*staged, ".gitattributes"])
-    return StagedTree(str(out), dict(sorted(staged.items())), inputs, manifest, rows, snapshot, sorted(set(rechunked)))
+    return StagedTree(str(out), dict(sorted(staged.items())), inputs, manifest, rows, snapshot, sorted(rechunked))
 
 
 # --- syncing -----------------------------------------------------------------------------------
