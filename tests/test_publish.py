@@ -38,6 +38,9 @@ from pipeline.query import open_dataset
 from pipeline.schema import arrow_schema
 from pipeline.store import DatasetStore, slugify
 
+# huggingface_hub 2.4 itself passes a file object as ``data=`` to httpx2 for LFS uploads
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
 REPO = "lab/robust-filters"
 TOKEN = "hf_writer"
 MODELS = [("zoo/cifar10/normal-a", "cifar10", False, 0), ("zoo/cifar10/robust-a", "cifar10", True, 1),
