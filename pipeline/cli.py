@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
     logging.basicConfig(level=level, stream=sys.stderr, format="filterlens %(levelname)s: %(message)s", force=True)
-    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL"):
+    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL", "httpx", "httpx2", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

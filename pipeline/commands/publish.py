@@ -43,10 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.hub import quiet_http_logs
     from pipeline.publish import check_repo_id, publish, stage
-
-    quiet_http_logs()
 
     if args.stage_only:
         check_repo_id(args.repo)
