@@ -59,6 +59,7 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.card import CardInputs, render_card
+from pipeline.digest import sha256_file
 from pipeline.errors import (
     ConfigError,
     FilterlensError,
@@ -145,14 +146,6 @@ class StagedTree:
     @property
     def bytes(self) -> int:
         return sum(f.size for f in self.files.values())
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fits_hub(path: str, check_size: bool = True) -> bool:

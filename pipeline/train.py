@@ -36,6 +36,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline.architectures import instantiate, parse_arch_spec
+from pipeline.digest import sha256_file
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.synthetic import ImageData, load_split
 
@@ -369,14 +370,6 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def architecture_name(arch: str, model_class: str = "") -> str:
