@@ -191,20 +191,27 @@ def _copy_fsspec(uri: str, dest: Path) -> int:
     return size
 
 
-def _from_hub(uri: str) -> Path:
+def _from_hub(uri: str, cache_dir: Path) -> Path:
+    """A model repo file through huggingface_hub's own cache (kept under ``<cache>/hf``), at the revision asked."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     repo, revision, path = parse_hf_uri(uri)
-    try:
-        return Path(hf_hub_download(repo_id=repo, filename=path, revision=revision))
+    try:  # endpoint and token read now: huggingface_hub reads HF_ENDPOINT only when it is imported
+        return Path(hf_hub_download(repo_id=repo, filename=path, revision=revision, cache_dir=cache_dir / "hf",
+                                    endpoint=os.environ.get("HF_ENDPOINT") or None,
+                                    token=os.environ.get("HF_TOKEN") or None))
+    except LocalEntryNotFoundError:
+        raise DownloadError(f"{uri}: the Hub is unreachable (offline, or HF_HUB_OFFLINE is set) and the file "
+                            "is not in the cache") from None
     except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as exc:
         raise SourceNotFoundError(f"{uri}: {type(exc).__name__}") from None
-    except Exception as exc:  # network and hub errors: retried by the caller's policy
+    except Exception as exc:  # network and hub errors
         raise DownloadError(f"{uri}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
@@ -244,7 +251,7 @@ def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | Non
             continue
         target = resolve_remote(uri, mirror)
         if uri.startswith("hf://") and not mirror:
-            paths.append(str(_from_hub(uri)))
+            paths.append(str(_from_hub(uri, Path(cache_dir))))
             owned.append(False)
             continue
         name = Path(urlsplit(target).path).name or f"member-{index}"
