@@ -26,8 +26,8 @@ ARCH = "robustbench:cifar10:Linf:Carmon2019Unlabeled"
 PHASES = {
     "floor": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq
-from pipeline.extract import filter_batch
-from pipeline.store import COMPRESSION, CONSTANT_COLUMNS, FLOAT_ENCODING, WEIGHT_COLUMNS, FILTER_ROWS_PER_GROUP, filters_write_schema
+from pipeline.extract.extractor import filter_batch
+from pipeline.dataset.store import COMPRESSION, CONSTANT_COLUMNS, FLOAT_ENCODING, WEIGHT_COLUMNS, FILTER_ROWS_PER_GROUP, filters_write_schema
 t = time.perf_counter()
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
 writer = pq.ParquetWriter(OUT + "/floor.parquet", filters_write_schema(), compression=COMPRESSION,
@@ -44,9 +44,9 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": n}
 """,
     "extract": """
 import time
-from pipeline.architectures import import_robustbench
-from pipeline.extract import ModelRequest, extract_model
-from pipeline.store import DatasetStore
+from pipeline.checkpoints.bind import import_robustbench
+from pipeline.extract.extractor import ModelRequest, extract_model
+from pipeline.dataset.store import DatasetStore
 import_robustbench()  # a one-off import (~2 s) that an extractor actor pays once, not per model
 t = time.perf_counter()
 r = extract_model(ModelRequest("bench/wrn-28-10", [CKPT], arch=ARCH, dataset="cifar10", threat_model="Linf",
@@ -55,8 +55,8 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
 """,
     "extract-sd": """
 import time
-from pipeline.extract import ModelRequest, extract_model
-from pipeline.store import DatasetStore
+from pipeline.extract.extractor import ModelRequest, extract_model
+from pipeline.dataset.store import DatasetStore
 t = time.perf_counter()
 r = extract_model(ModelRequest("bench/wrn-28-10-sd", [CKPT], dataset="cifar10"), DatasetStore(OUT + "/ds-sd"),
                   device=DEVICE, force=True, progress=False)
@@ -64,8 +64,8 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
 """,
     "encodings": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq, os
-from pipeline.extract import filter_batch
-from pipeline.store import WEIGHT_COLUMNS
+from pipeline.extract.extractor import filter_batch
+from pipeline.dataset.store import WEIGHT_COLUMNS
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
 batches = [filter_batch("m", "cifar10", "m", i, w, torch.zeros(w.shape[0] * w.shape[1], dtype=torch.bool))
            for i, (k, w) in enumerate(sd.items()) if w.ndim == 4 and tuple(w.shape[2:]) == (3, 3)]

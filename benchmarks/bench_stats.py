@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from synthetic_dataset import generate  # noqa: E402
 
-from pipeline.query import open_dataset  # noqa: E402
-from pipeline.shift import scan  # noqa: E402
-from pipeline.stats import StatsOptions, _open, scan_targets, select_models  # noqa: E402
+from pipeline.dataset.query import open_dataset  # noqa: E402
+from pipeline.stats.shift import scan  # noqa: E402
+from pipeline.stats.analysis import StatsOptions, _open, scan_targets, select_models  # noqa: E402
 
 
 def read_floor(root: str, threads: int) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.architectures import instantiate, parse_arch_spec
+from pipeline.checkpoints.bind import instantiate, parse_arch_spec
 
 
 def make_checkpoint(arch: str, out: str, wrap: str = "none", prefix: str = "", seed: int = 0) -> Path:

@@ -9,7 +9,7 @@ inside a job Ray's address comes from the environment, so the build joins this c
 
 import sys
 
-from pipeline.cli import main
+from pipeline.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["build", *sys.argv[1:]]))

@@ -16,8 +16,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = ["__version__", "open_dataset"]
 
 
-def open_dataset(root: str, **kwargs):  # noqa: ANN201 - documented in pipeline.query
-    """Open a filter dataset for querying (see :func:`pipeline.query.open_dataset`)."""
-    from pipeline.query import open_dataset as _open
+def open_dataset(root: str, **kwargs):  # noqa: ANN201 - documented in pipeline.dataset.query
+    """Open a filter dataset for querying (see :func:`pipeline.dataset.query.open_dataset`)."""
+    from pipeline.dataset.query import open_dataset as _open
 
     return _open(root, **kwargs)

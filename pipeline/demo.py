@@ -29,9 +29,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from pipeline.demo_models import DEMO_ARCHS, arch_spec
+from pipeline.train.demo_models import DEMO_ARCHS, arch_spec
 from pipeline.errors import BuildFailedError, ConfigError
-from pipeline.train import TrainConfig, ZooSummary, train_zoo, zoo_plan
+from pipeline.train.recipe import TrainConfig, ZooSummary, train_zoo, zoo_plan
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def paper_directions(dataset: str, model_prefix: str | None = None) -> list[Dire
     "shows up" when the mean paired difference has the paper's sign and most
     pairs agree; nothing is adjusted to make it so.
     """
-    from pipeline.query import open_dataset
+    from pipeline.dataset.query import open_dataset
 
     data = open_dataset(dataset)
     prefix_filter = "TRUE" if not model_prefix else "starts_with(m.model_id, $prefix)"
@@ -222,7 +222,7 @@ def write_directions_csv(directions: Sequence[Direction], path: str) -> None:
 
 def prune_dataset(dataset: str, keep_ids: set[str], prefix: str) -> list[str]:
     """Delete models under ``prefix`` that are no longer in the demo zoo (e.g. after --seeds shrank)."""
-    from pipeline.store import DatasetStore
+    from pipeline.dataset.store import DatasetStore
 
     store = DatasetStore(dataset)
     if not store.exists():
@@ -235,12 +235,12 @@ def prune_dataset(dataset: str, keep_ids: set[str], prefix: str) -> list[str]:
 
 def stats_available() -> bool:
     """Whether ``filterlens stats`` is installed in this version."""
-    return importlib.util.find_spec("pipeline.commands.stats") is not None
+    return importlib.util.find_spec("pipeline.cli.stats") is not None
 
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Train (or reuse) the demo zoo, build its dataset through ``build_zoo``, measure directions, run stats."""
-    from pipeline.build import build_zoo  # imported here: the build pulls in Ray and the fetchers
+    from pipeline.build.runner import build_zoo  # imported here: the build pulls in Ray and the fetchers
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -264,7 +264,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     write_directions_csv(directions, os.path.join(config.out, "directions.csv"))
     report, stats_text = None, ""
     if config.stats and stats_available():
-        from pipeline.cli import main as cli_main
+        from pipeline.cli.main import main as cli_main
 
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):  # printed by the demo after its own summary

@@ -2,5 +2,5 @@
 
 These files are the single source of truth for every column: the Parquet writer,
 the validator, the SQL views and the dataset card all read them through
-``pipeline.schema``.
+``pipeline.dataset.schema``.
 """

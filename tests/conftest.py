@@ -19,8 +19,8 @@ import pytest
 import ray
 import torch
 
-from pipeline.architectures import instantiate, parse_arch_spec
-from pipeline.cli import main
+from pipeline.checkpoints.bind import instantiate, parse_arch_spec
+from pipeline.cli.main import main
 
 
 @dataclass

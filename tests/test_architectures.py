@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from zoo_fixtures import tiny_net
 
-from pipeline.architectures import (
+from pipeline.checkpoints.bind import (
     BindReport,
     align_keys,
     bind_members,

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.architectures import import_robustbench
+from pipeline.checkpoints.bind import import_robustbench
 from pipeline.errors import ConfigError
-from pipeline.sources.fetch import mirror_path, parse_hf_uri, resolve_remote
-from pipeline.sources.robustbench import load_model_info, robustbench_catalog
-from pipeline.sources.zoo import load_zoo_file, select
+from pipeline.fetch.download import mirror_path, parse_hf_uri, resolve_remote
+from pipeline.zoo.robustbench import load_model_info, robustbench_catalog
+from pipeline.zoo.zoo_file import load_zoo_file, select
 
 MODEL_INFO = Path(__file__).parent / "data" / "robustbench_model_info.jsonl"
 

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 
-from pipeline.checkpoints import (
+from pipeline.checkpoints.load import (
     conv_weight_keys,
     detect_format,
     load_checkpoint,

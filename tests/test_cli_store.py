@@ -17,8 +17,8 @@ import torch
 from conftest import save
 from zoo_fixtures import tiny_net
 
-from pipeline.query import open_dataset
-from pipeline.store import DatasetStore, slugify
+from pipeline.dataset.query import open_dataset
+from pipeline.dataset.store import DatasetStore, slugify
 
 ARCH = "zoo_fixtures:tiny_net"
 TESTS_DIR = Path(__file__).parent
@@ -128,7 +128,7 @@ def test_failure_row_is_cleared_by_a_later_success(tmp_path: Path, cli) -> None:
 CRASH_POINTS = {
     # kill after all filters are written, before the layers file and the commit
     "before-commit": """
-        from pipeline import store
+        from pipeline.dataset import store
         original = store.ModelWriter.commit
         def crash(self, layers, row):
             self.finish_filters()
@@ -137,7 +137,7 @@ CRASH_POINTS = {
     """,
     # kill while the model's row (the commit) is being written
     "during-commit": """
-        from pipeline import store
+        from pipeline.dataset import store
         original = store.DatasetStore._write_table_atomic
         def crash(self, table, path, **kw):
             if "/models/" in path:
@@ -153,7 +153,7 @@ CRASH_POINTS = {
 
 def run_crashing_extract(point: str, checkpoint: Path, root: Path) -> int:
     script = "import os, signal, sys\n" + textwrap.dedent(CRASH_POINTS[point]) + textwrap.dedent(f"""
-        from pipeline.cli import main
+        from pipeline.cli.main import main
         sys.exit(main(["extract", {str(checkpoint)!r}, "--out", {str(root)!r}, "--arch", {ARCH!r},
                        "--model-id", "victim", "--dataset", "cifar10", "--force"]))
     """)
@@ -190,7 +190,7 @@ def test_cleanup_orphans_removes_only_uncommitted_files(dataset_with_good_model:
     root = dataset_with_good_model
     store = DatasetStore(str(root))
     writer = store.writer("ghost", "cifar10")
-    from pipeline.extract import filter_batch
+    from pipeline.extract.extractor import filter_batch
 
     writer.add_filters(filter_batch("ghost", "cifar10", slugify("ghost"), 0, torch.randn(2, 2, 3, 3),
                                     torch.zeros(4, dtype=torch.bool)))

@@ -20,7 +20,7 @@ import torch
 import yaml
 from zoo_fixtures import tiny_net
 
-from pipeline.query import open_dataset
+from pipeline.dataset.query import open_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from pipeline.demo import DemoConfig, _verdict, run_demo, stats_available
-from pipeline.query import open_dataset
-from pipeline.store import DatasetStore
+from pipeline.dataset.query import open_dataset
+from pipeline.dataset.store import DatasetStore
 
 TINY_DEMO = dict(archs=("tiny_cnn",), seeds=(0, 1), epochs=1, n_train=300, n_test=100, n_eval_robust=50,
                  eval_steps=2, attack_steps=1, backend="local", device="cpu", progress=False)
@@ -40,7 +40,7 @@ def test_demo_builds_the_zoo_dataset_through_the_build(demo) -> None:
     for model_id, robust, depth_source, spec, n_filters, clean_acc, metadata in models:
         entry = next(e for e in result.zoo.entries if e["id"] == model_id)
         assert robust == entry["robust"] and clean_acc == entry["clean_acc"]
-        assert (depth_source, spec, n_filters) == ("forward", "pipeline.demo_models:tiny_cnn", FILTERS_PER_MODEL)
+        assert (depth_source, spec, n_filters) == ("forward", "pipeline.train.demo_models:tiny_cnn", FILTERS_PER_MODEL)
         assert json.loads(metadata)["config_hash"] == entry["metadata"]["config_hash"]
     assert data.sql("SELECT count(*) FROM filters").fetchall()[0][0] == 4 * FILTERS_PER_MODEL
     assert data.sql("SELECT count(*) FROM layers").fetchall()[0][0] == 4 * 4

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.metrics import (
+from pipeline.extract.metrics import (
     MAX_VARIANCE_ENTROPY,
     layer_metrics,
     orthogonality,

@@ -24,7 +24,7 @@ import yaml
 from fakehub import FakeHub
 from torch import nn
 
-from pipeline import publish as publishing
+from pipeline.publish import sync as publishing
 from pipeline.errors import (
     CorruptCheckpointError,
     DatasetNotFoundError,
@@ -33,10 +33,10 @@ from pipeline.errors import (
     HubLimitError,
     PublishError,
 )
-from pipeline.extract import ModelRequest, extract_model
-from pipeline.query import open_dataset
-from pipeline.schema import arrow_schema
-from pipeline.store import DatasetStore, slugify
+from pipeline.extract.extractor import ModelRequest, extract_model
+from pipeline.dataset.query import open_dataset
+from pipeline.dataset.schema import arrow_schema
+from pipeline.dataset.store import DatasetStore, slugify
 
 # huggingface_hub 2.4 itself passes a file object as ``data=`` to httpx2 for LFS uploads
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from pipeline.card import (
+from pipeline.publish.card import (
     CardInputs,
     card_metadata,
     model_license,
@@ -15,7 +15,7 @@ from pipeline.card import (
     render_card,
     size_category,
 )
-from pipeline.schema import table_schema
+from pipeline.dataset.schema import table_schema
 
 
 def model(model_id: str, **extra: object) -> dict:

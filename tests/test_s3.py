@@ -13,9 +13,9 @@ import torch
 import yaml
 from zoo_fixtures import tiny_net
 
-from pipeline.build import build_zoo
-from pipeline.query import open_dataset
-from pipeline.store import DatasetStore
+from pipeline.build.runner import build_zoo
+from pipeline.dataset.query import open_dataset
+from pipeline.dataset.store import DatasetStore
 
 N_FILTERS = 3 * 8 + 8 + 8 * 16
 
@@ -79,8 +79,8 @@ def test_checkpoint_source_on_s3_is_fetched_through_fsspec(s3_root: str, tmp_pat
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import boto3
 
-    from pipeline.sources.fetch import fetch_entry
-    from pipeline.sources.zoo import ZooEntry
+    from pipeline.fetch.download import fetch_entry
+    from pipeline.zoo.zoo_file import ZooEntry
 
     endpoint = "http://" + s3_root.split("endpoint_override=")[1].split("&")[0]
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)

@@ -13,8 +13,8 @@ from fakehub import FakeHub
 from zoo_fixtures import tiny_net
 
 from pipeline.errors import SourceNotFoundError
-from pipeline.sources.fetch import fetch_entry
-from pipeline.sources.zoo import ZooEntry
+from pipeline.fetch.download import fetch_entry
+from pipeline.zoo.zoo_file import ZooEntry
 
 TOKEN = "hf_writer"
 

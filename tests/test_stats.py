@@ -12,16 +12,16 @@ import pytest
 import scipy.stats
 from stats_fixtures import planted_zoo, tiny_weights, write_model
 
-from pipeline.pairing import auto_pairs, table_pairs
-from pipeline.shift import (
+from pipeline.stats.pairing import auto_pairs, table_pairs
+from pipeline.stats.shift import (
     distribution,
     orient_components,
     pca_from_statistics,
     symmetric_kl,
     weighted_divergence,
 )
-from pipeline.stats import BUCKET_LABELS, StatsOptions, holm, run_stats
-from pipeline.store import DatasetStore
+from pipeline.stats.analysis import BUCKET_LABELS, StatsOptions, holm, run_stats
+from pipeline.dataset.store import DatasetStore
 
 FAST = {"permutations": 49, "figures": False}
 
@@ -195,7 +195,7 @@ def test_pairs_table_overrides_and_reports_unmatched(tmp_path: Path) -> None:
     csv = tmp_path / "pairs.csv"
     csv.write_text(",Robust,Normal,Arch,Dataset\n0,a--r1,a/n2,Y,c10\n1,a/r1,missing,X,c10\n2,a/n1,a/r1,X,c10\n"
                    "3,robustbench_Carmon2019Unlabeled_cifar10_linf_13,a/n1,X,c10\n")
-    from pipeline.pairing import read_pairs_table
+    from pipeline.stats.pairing import read_pairs_table
     pairs, unpaired = table_pairs(models, read_pairs_table(str(csv)))
     assert pairs[["robust_model_id", "normal_model_id", "source"]].values.tolist() == [
         ["a/r1", "a/n2", "table"], [rb, "a/n1", "table"]]
@@ -408,7 +408,7 @@ PAPER_PAIRS = Path(__file__).resolve().parent / "data" / "paper_robust_vs_normal
 
 
 def test_the_papers_pairings_table_reads_and_matches_robustbench_ids() -> None:
-    from pipeline.pairing import read_pairs_table
+    from pipeline.stats.pairing import read_pairs_table
     table = read_pairs_table(str(PAPER_PAIRS))
     assert list(table.columns) == ["Robust", "Normal", "Arch", "Dataset"] and len(table) == 71
     first = table.iloc[0]

@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.demo_models import ARCHITECTURES, arch_spec, tiny_cnn
+from pipeline.train.demo_models import ARCHITECTURES, arch_spec, tiny_cnn
 from pipeline.errors import ConfigError, UnknownArchitectureError
-from pipeline.synthetic import (
+from pipeline.train.data import (
     SYNTHETIC_CLASSES,
     load_cifar,
     load_split,
     synthetic_images,
     synthetic_split,
 )
-from pipeline.train import TrainConfig, lr_at, pgd_linf, train_one
+from pipeline.train.recipe import TrainConfig, lr_at, pgd_linf, train_one
 
 # --- the synthetic dataset --------------------------------------------------------------------
 
@@ -247,7 +247,7 @@ def test_training_on_a_local_cifar_folder_with_augmentation(tmp_path) -> None:
 
 
 def test_architecture_names() -> None:
-    from pipeline.train import architecture_name
+    from pipeline.train.recipe import architecture_name
 
     assert architecture_name(arch_spec("small_wrn"), "SmallWideResNet") == "SmallPreActWRN-8-2 (16/32/64)"
     assert architecture_name("timm:resnet18", "ResNet") == "resnet18"

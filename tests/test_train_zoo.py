@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.demo_models import arch_spec, tiny_cnn
-from pipeline.distributed import task_resources
+from pipeline.train.demo_models import arch_spec, tiny_cnn
+from pipeline.build.ray_runner import task_resources
 from pipeline.errors import ConfigError, TrainingError
-from pipeline.extract import extract_model
-from pipeline.sources.zoo import load_zoo_file
-from pipeline.store import DatasetStore
-from pipeline.train import ZOO_KEYS, TrainConfig, read_zoo, train_zoo, zoo_plan
+from pipeline.extract.extractor import extract_model
+from pipeline.zoo.zoo_file import load_zoo_file
+from pipeline.dataset.store import DatasetStore
+from pipeline.train.recipe import ZOO_KEYS, TrainConfig, read_zoo, train_zoo, zoo_plan
 
 BASE = TrainConfig(arch=arch_spec("tiny_cnn"), n_train=300, n_test=100, epochs=1, batch_size=50,
                    eps=8 / 255, attack_steps=1, step_size=8 / 255, eval_steps=2, n_eval_robust=50,
@@ -53,7 +53,7 @@ def test_zoo_file_has_exactly_the_build_keys(zoo_dir: Path) -> None:
         assert tuple(entry) == ZOO_KEYS
         assert entry["source"] == f"checkpoints/{'synthetic-Linf-tiny_cnn-adv-s0' if robust else 'synthetic-none-tiny_cnn-normal-s0'}.pt"
         assert entry["sha256"] == _sha(zoo_dir / entry["source"])
-        assert entry["arch"] == "pipeline.demo_models:tiny_cnn"
+        assert entry["arch"] == "pipeline.train.demo_models:tiny_cnn"
         assert (entry["dataset"], entry["robust"], entry["threat_model"]) == ("synthetic", robust,
                                                                               "Linf" if robust else "none")
         assert entry["input_shape"] == "3x32x32" and entry["architecture"] == "TinyCNN-4 (8/16)"
@@ -82,7 +82,7 @@ def test_checkpoints_extract_through_the_forward_path(zoo_dir: Path, tmp_path: P
         assert result.n_filters == 8 * 3 + 8 * 8 + 16 * 8 + 16 * 16
     models = {r["model_id"]: r for r in store.models().to_pylist()}
     adv = models["t/synthetic/Linf/tiny_cnn-adv-s0"]
-    assert adv["depth_source"] == "forward" and adv["arch_spec"] == "pipeline.demo_models:tiny_cnn"
+    assert adv["depth_source"] == "forward" and adv["arch_spec"] == "pipeline.train.demo_models:tiny_cnn"
     assert adv["n_params"] == sum(p.numel() for p in tiny_cnn().parameters()) and adv["n_params_unused"] == 0
     assert adv["robust"] is True and adv["threat_model"] == "Linf" and adv["input_shape"] == "1x3x32x32"
 
@@ -167,7 +167,7 @@ def test_gpu_per_task_only_when_the_cluster_has_one() -> None:
     assert task_resources({"CPU": 16.0, "GPU": 4.0}) == (1, "cuda")
 
 
-TRAIN_ARGS = ["--arch", "pipeline.demo_models:tiny_cnn", "--kind", "adversarial", "--epochs", "1", "--n-train",
+TRAIN_ARGS = ["--arch", "pipeline.train.demo_models:tiny_cnn", "--kind", "adversarial", "--epochs", "1", "--n-train",
               "100", "--n-test", "40", "--n-eval-robust", "20", "--eval-steps", "1", "--attack-steps", "1",
               "--batch-size", "50", "--id-prefix", "lab", "--backend", "local", "--no-progress"]
 
@@ -180,7 +180,7 @@ def test_train_command_writes_a_zoo(tmp_path: Path, cli) -> None:
     assert doc["name"] == "lab" and [m["robust"] for m in doc["models"]] == [True, True]
     again = cli("train", *TRAIN_ARGS, "--seeds", "2", "--zoo", tmp_path / "zoo.yaml")
     assert "0 trained, 2 reused" in again.out
-    bad = cli("train", "--arch", "pipeline.demo_models:tiny_cnn", "--dataset", "cifar10", "--zoo",
+    bad = cli("train", "--arch", "pipeline.train.demo_models:tiny_cnn", "--dataset", "cifar10", "--zoo",
               tmp_path / "c.yaml", "--backend", "local")
     assert bad.code == 2 and "--data-root" in bad.err
 

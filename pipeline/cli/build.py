@@ -1,0 +1,114 @@
+"""``filterlens build``: a whole zoo into the filter dataset, on local Ray or a Ray cluster."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.build.runner import BuildConfig, build_zoo, load_entries, plan
+from pipeline.errors import ConfigError
+from pipeline.dataset.store import DatasetStore
+
+HELP = """\
+Build (or complete) the filter dataset at --out from a zoo: a zoo YAML file or
+"robustbench" (every entry of the installed RobustBench model zoo).
+
+Checkpoints are downloaded by parallel Ray tasks (resumed, retried, verified)
+and extracted by Ray actors (one per GPU when the cluster has GPUs, else CPU
+actors). A failed model is recorded in failures/ and the build goes on. Rerun
+after any crash: complete models are skipped, partial ones redone, nothing is
+duplicated. --dry-run lists what would be processed.
+
+examples:
+  filterlens build zoo.yaml --out dataset/
+  filterlens build robustbench --dataset cifar10 --threat-model Linf --limit 5 --out s3://bucket/filters
+  filterlens build zoo.yaml --out s3://bucket/filters --address http://head:8265   # as a Ray job
+
+exit codes: 0 all models done or skipped, 3 some model failed (0 with --allow-failures), 2 bad usage
+"""
+
+
+def add_zoo_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", action="append", dest="datasets", metavar="NAME",
+                   help="only models trained on this dataset (repeatable)")
+    p.add_argument("--threat-model", action="append", dest="threat_models", metavar="TM",
+                   help="only models of this threat model / leaderboard: Linf, L2, corruptions, none (repeatable)")
+    p.add_argument("--models", help="comma-separated model names or ids")
+    p.add_argument("--limit", type=int, help="at most this many models")
+    p.add_argument("--model-info", help="RobustBench model_info as a JSON-lines file or model_info/ directory "
+                                        "(offline use; fetched and cached otherwise)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("build", help="build the dataset from a whole zoo (Ray)", description=HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("zoo", help="zoo YAML file, or 'robustbench'")
+    p.add_argument("--out", required=True, help="dataset root: directory or URI (s3://bucket/path?endpoint_override=...)")
+    add_zoo_filters(p)
+    p.add_argument("--backend", choices=("ray", "local"), default="ray",
+                   help="ray (default: a local Ray instance, or --address) or local (in-process, no Ray)")
+    p.add_argument("--address", help="Ray cluster: auto, ray://host:10001, or http://head:8265 to submit as a job")
+    p.add_argument("--device", default="auto", help="auto (GPU actors when the cluster has GPUs), cpu or cuda")
+    p.add_argument("--extractors", type=int, help="number of extractor actors (default: one per GPU, or CPUs/2)")
+    p.add_argument("--max-downloads", type=int, default=4, help="downloads in flight at once (default 4)")
+    p.add_argument("--mirror", help="URL prefix or directory that replaces every remote source "
+                                    "(<mirror>/gdrive/<id>, <mirror>/http/<host>/<path>, ...)")
+    p.add_argument("--cache-dir", help="where downloaded checkpoints go (default ~/.cache/filterlens/checkpoints)")
+    p.add_argument("--cache-max-gb", type=float, help="disk budget of the checkpoint cache")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful extraction")
+    p.add_argument("--retries", type=int, default=3, help="attempts per model for transient errors (default 3)")
+    p.add_argument("--timeout", type=float, default=60.0, help="download read timeout in seconds (default 60)")
+    p.add_argument("--stall-timeout", type=float, default=300.0,
+                   help="report when nothing finishes for this many seconds (default 300)")
+    p.add_argument("--force", action="store_true", help="redo models that are already complete")
+    p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some models failed")
+    p.add_argument("--dry-run", action="store_true", help="list what would be processed and skipped, do nothing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    models = [m.strip() for m in args.models.split(",")] if args.models else None
+    if args.address and args.address.startswith("http"):
+        from pipeline.build.ray_runner import submit_build_job
+
+        argv = _drop_option(args.argv[args.argv.index("build") + 1:], "--address")
+        return submit_build_job(args.address, argv, args.zoo)
+    if args.dry_run:
+        entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
+        todo, skipped = plan(entries, DatasetStore(args.out), args.force)
+        for entry in todo:
+            print(f"extract  {entry.id}  ({entry.arch or 'state-dict order'}; {len(entry.sources)} source(s))")
+        for entry in skipped:
+            print(f"skip     {entry.id}  (complete)")
+        print(f"{len(todo)} to extract, {len(skipped)} complete")
+        return 0
+    if args.extractors is not None and args.extractors < 1:
+        raise ConfigError("--extractors must be at least 1")
+    options = {k: v for k, v in {
+        "address": args.address, "extractors": args.extractors, "max_downloads": args.max_downloads,
+        "mirror": args.mirror, "cache_dir": args.cache_dir, "cache_max_gb": args.cache_max_gb,
+        "keep_checkpoints": args.keep_checkpoints, "retries": args.retries, "timeout_s": args.timeout,
+        "stall_timeout_s": args.stall_timeout}.items() if v is not None}
+    unknown = set(options) - set(BuildConfig.__dataclass_fields__)
+    assert not unknown, unknown
+    summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,
+                        progress=not args.no_progress, model_info=args.model_info, datasets=args.datasets,
+                        threat_models=args.threat_models, models=models, limit=args.limit,
+                        command=" ".join(["filterlens", *args.argv]), **options)
+    print(summary.text())
+    return summary.exit_code(args.allow_failures)
+
+
+def _drop_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == name:
+            skip = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        out.append(arg)
+    return out

@@ -1,0 +1,85 @@
+"""The ``filterlens`` command line: one subcommand per module of ``pipeline.cli`` (``COMMANDS``).
+
+Command modules import only argparse and light configuration at the top, so
+``--help``, ``sql``, ``info`` and ``zoo list`` start without torch, Ray or robustbench;
+the heavy modules are imported inside each ``run``.
+
+Exit codes: 0 success; 1 internal error; 2 bad usage or configuration;
+3 a model failed (bad checkpoint, download, architecture); 4 dataset or storage
+error; 5 query error; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline import __version__
+from pipeline.errors import FilterlensError
+
+EXIT_OK, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 130
+
+COMMANDS = ("build", "demo", "extract", "info", "publish", "sql", "stats", "train", "zoo")
+"""Subcommand modules, in the order ``--help`` lists them."""
+
+EPILOG = """\
+examples:
+  filterlens extract model.pt --out dataset/ --arch robustbench:cifar10:Linf:Carmon2019Unlabeled \\
+      --dataset cifar10 --threat-model Linf --robust
+  filterlens info dataset/
+  filterlens sql dataset/ "SELECT model_id, avg(sparsity) FROM layers GROUP BY 1"
+
+exit codes: 0 ok, 1 internal error, 2 usage/config, 3 a model failed, 4 dataset/storage, 5 query, 130 interrupted
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="filterlens",
+        description="Turn CNN checkpoints into a queryable dataset of 3x3 convolution filters "
+                    "and the robustness statistics of Gavrikov & Keuper (CVPR-W 2022).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"filterlens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug log output on stderr (default: info)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"pipeline.cli.{name}").register(subparsers)
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=level, stream=sys.stderr, format="filterlens %(levelname)s: %(message)s", force=True)
+    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL", "httpx", "httpx2", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, for commands that forward it (build --address http://...)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except FilterlensError as exc:
+        print(f"filterlens: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("filterlens: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""``filterlens stats``: the paper's robustness statistics over a dataset, as tables, figures and a report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+HELP = """\
+Compute the robustness statistics of Gavrikov & Keuper (CVPR-W 2022) over a filter
+dataset (or a selection of it) and write REPORT_DIR/report.md, report.html (figures
+embedded), figures/*.png and every table as tables/*.parquet and tables/*.csv.
+
+  depth profile     sparsity, variance entropy, orthogonality per model and depth bucket
+                    (first conv alone, deciles of conv_depth_norm); robust vs normal per dataset
+  pairing           robust models with normal models of the same architecture and dataset
+                    (or --pairs CSV with columns Robust, Normal[, Arch, Dataset]); unpaired listed
+  PCA basis         from the per-layer sufficient statistics; all / robust / normal
+  distribution shift  symmetric KL of 70-bin coefficient histograms, weighted by explained variance,
+                    per dataset, overall and per bucket (two parallel scans of the filters)
+  correlations      each metric vs clean / robust accuracy across robust models
+  galleries         first-layer filters of paired models (or --gallery MODEL_ID ...)
+
+Examples:
+  filterlens stats ds/ --out report/
+  filterlens stats ds/ --out report/ --datasets cifar10 cifar100 --threat-models Linf
+  filterlens stats ds/ --out report/ --where "extra_data IS NOT TRUE" --pairs pairings.csv
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("stats", help="robustness statistics and report (the paper's analyses)",
+                              description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", help="dataset root (directory or URI)")
+    p.add_argument("--out", "-o", required=True, metavar="REPORT_DIR", help="where the report and tables go")
+    p.add_argument("--where", help="SQL predicate on the models table, e.g. \"architecture LIKE 'WideResNet%%'\"")
+    p.add_argument("--datasets", nargs="+", default=[], metavar="D", help="training datasets to keep")
+    p.add_argument("--threat-models", nargs="+", default=[], metavar="T",
+                   help="threat models of the robust models to keep (normal models are kept; drop them with --where)")
+    p.add_argument("--pairs", metavar="CSV", help="robust/normal pairs (columns Robust, Normal[, Arch, Dataset]) "
+                                                  "instead of pairing by architecture and dataset")
+    p.add_argument("--kl-groups", choices=("pairs", "all"), default="pairs",
+                   help="distribution shift between the paired models, each counted once per pair (the paper, "
+                        "default), or between all robust and all normal models")
+    p.add_argument("--coef-range", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="histogram range of the coefficients (skips the range pass; default: min/max of the data)")
+    p.add_argument("--gallery", nargs="+", default=[], metavar="MODEL_ID",
+                   help="models whose first-layer filters to show (default: the first pairs of each dataset)")
+    p.add_argument("--gallery-pairs", type=int, default=2, help="pairs per dataset in the default gallery")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--min-models", type=int, default=3, help="models needed on each side to test a difference")
+    p.add_argument("--permutations", type=int, default=199,
+                   help="label permutations for the divergence test (0: none; default 199)")
+    p.add_argument("--threads", type=int, help="threads for DuckDB and the filter scans (default: all cores)")
+    p.add_argument("--engine", choices=("auto", "numba", "duckdb"), default="auto",
+                   help="filter scans as a compiled kernel (numba, the default when installed) or as DuckDB SQL "
+                        "(sql/coefficient_*.sql; same numbers, several times slower)")
+    p.add_argument("--no-figures", action="store_true", help="tables and report text only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.stats.analysis import StatsOptions, run_stats  # heavy: imported only when the command runs
+
+    options = StatsOptions(where=args.where, datasets=args.datasets, threat_models=args.threat_models,
+                           pairs_csv=args.pairs, kl_groups=args.kl_groups,
+                           coef_range=tuple(args.coef_range) if args.coef_range else None, gallery=args.gallery,
+                           gallery_pairs=args.gallery_pairs, alpha=args.alpha, min_models=args.min_models,
+                           permutations=args.permutations, threads=args.threads, figures=not args.no_figures,
+                           engine=args.engine)
+    result = run_stats(args.dataset, args.out, options)
+    for note in result.notes:
+        log.warning("%s", note)
+    out = sys.stdout
+    out.write(f"{len(result.tables['models'])} models; report: {args.out}/report.md, {args.out}/report.html\n")
+    for finding in result.findings:
+        out.write(f"- {finding.text}\n")
+    return 0

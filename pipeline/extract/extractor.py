@@ -1,0 +1,291 @@
+"""Extract one model: checkpoint -> ordered conv layers -> metrics -> rows in the dataset.
+
+``extract_model`` is the single run-one-unit function every backend calls (the
+CLI's ``extract``, the local and the Ray build), so backends differ only in
+scheduling. One model is the unit of work, of failure and of idempotency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
+
+from pipeline.checkpoints.bind import ArchSpec, BindReport, bind_and_trace, parse_arch_spec
+from pipeline.checkpoints.load import (
+    ConvWeight,
+    LoadedCheckpoint,
+    load_checkpoint,
+    state_dict_convs,
+)
+from pipeline.digest import sha256_of_files
+from pipeline.errors import ConfigError, NoConvWeightsError
+from pipeline.extract.metrics import layer_metrics, weight_statistics
+from pipeline.dataset.schema import arrow_schema, to_table
+from pipeline.zoo.zoo_file import THREAT_MODELS
+from pipeline.dataset.store import DatasetStore, filters_write_schema, slugify
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass
+class ModelRequest:
+    """Everything needed to extract one model from local checkpoint file(s)."""
+
+    model_id: str
+    checkpoints: list[str]
+    arch: str | None = None
+    dataset: str = "unknown"
+    threat_model: str = "none"
+    robust: bool = False
+    source_uri: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    architecture: str | None = None
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    eps: float | None = None
+    extra_data: bool | None = None
+    paper: str | None = None
+    venue: str | None = None
+    metadata: dict = field(default_factory=dict)
+    digest: tuple[str, int] | None = None
+    """(sha256, bytes) of the checkpoint files when already known (a build's download computed it)."""
+
+    def __post_init__(self) -> None:
+        if not self.model_id or not self.model_id.strip():
+            raise ConfigError("model_id must not be empty")
+        if self.threat_model not in THREAT_MODELS:
+            raise ConfigError(f"threat model {self.threat_model!r} is not one of {', '.join(THREAT_MODELS)}")
+        if isinstance(self.checkpoints, str):
+            self.checkpoints = [self.checkpoints]
+
+
+@dataclass
+class ExtractResult:
+    """Summary of one model's extraction (also used for skipped models)."""
+
+    model_id: str
+    skipped: bool
+    checkpoint_sha256: str
+    n_conv_layers: int = 0
+    n_filters: int = 0
+    seconds: float = 0.0
+    device: str = "cpu"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; an explicit ``cuda`` without a GPU is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but no CUDA GPU is visible; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``3x32x32`` -> (3, 32, 32)."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r} must be CxHxW, e.g. 3x32x32")
+    return shape
+
+
+def _num_classes(state_dicts: Sequence[dict[str, torch.Tensor]]) -> int | None:
+    """Output size of the last 2D weight: the classifier of a plain classification checkpoint."""
+    last = [v for k, v in state_dicts[0].items() if v.ndim == 2 and k.endswith("weight")]
+    return int(last[-1].shape[0]) if last else None
+
+
+@dataclass
+class OrderedConvs:
+    convs: list[ConvWeight]
+    depth_source: str
+    n_params: int
+    n_params_unused: int | None
+    input_shape: tuple[int, ...] | None
+    bind_report: BindReport | None
+
+
+def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch.device) -> OrderedConvs:
+    """The model's 2D convs in execution order (forward pass), ONNX graph order, or state-dict order."""
+    if loaded.onnx_convs is not None:
+        if request.arch:
+            log.warning("%s: --arch is ignored for ONNX checkpoints (the graph gives the order)", request.model_id)
+        return OrderedConvs(loaded.onnx_convs, "onnx_graph", loaded.onnx_n_params, None, None, None)
+    if not request.arch:
+        convs, n_params = state_dict_convs(loaded.state_dicts)
+        return OrderedConvs(convs, "state_dict", n_params, None, None, None)
+    spec: ArchSpec = parse_arch_spec(request.arch)
+    num_classes = _num_classes(loaded.state_dicts) if spec.kind in ("timm", "torchvision") else None
+    bound = bind_and_trace(spec, loaded.state_dicts, loaded.raw_members, device, dataset=request.dataset,
+                           input_shape=request.input_shape, num_classes=num_classes)
+    traced = bound.traced
+    return OrderedConvs(traced.convs, "forward", traced.n_params, traced.n_params_unused, bound.input_shape,
+                        bound.report)
+
+
+def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight: torch.Tensor,
+                 sparse: torch.Tensor) -> pa.RecordBatch:
+    """Rows of the filters table for one 3x3 layer (weights exact as float32)."""
+    w = weight.detach().to("cpu", torch.float32).contiguous()
+    c_out, c_in = int(w.shape[0]), int(w.shape[1])
+    n = c_out * c_in
+    by_position = w.reshape(n, 9).T.contiguous().numpy()  # one (multi-threaded) transpose: 9 contiguous columns
+    zeros = pa.array(np.zeros(n, dtype=np.int32))
+    columns = {
+        "model_id": pa.DictionaryArray.from_arrays(zeros, pa.array([model_id])),
+        "dataset": pa.DictionaryArray.from_arrays(zeros, pa.array([dataset])),
+        "model": pa.DictionaryArray.from_arrays(zeros, pa.array([slug])),
+        "conv_index": pa.array(np.full(n, conv_index, dtype=np.int32)),
+        "out_channel": pa.array(np.repeat(np.arange(c_out, dtype=np.int32), c_in)),
+        "in_channel": pa.array(np.tile(np.arange(c_in, dtype=np.int32), c_out)),
+        "sparse": pa.array(sparse.detach().cpu().numpy().astype(bool, copy=False)),
+    }
+    for k in range(9):
+        columns[f"w{k}"] = pa.array(by_position[k])
+    schema = filters_write_schema()
+    return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def extract_model(request: ModelRequest, store: DatasetStore, device: str | torch.device = "auto",
+                  force: bool = False, progress: bool = True) -> ExtractResult:
+    """Extract one model into ``store``; skip it when already complete with the same checkpoint digest.
+
+    Raises a FilterlensError subclass on bad input; nothing of a failed model is
+    committed, and a previously committed version stays intact.
+    """
+    started = time.perf_counter()
+    torch_device = device if isinstance(device, torch.device) else resolve_device(device)
+    digest = request.digest
+    if digest is None and all(os.path.isfile(p) for p in request.checkpoints):
+        digest = sha256_of_files(request.checkpoints)
+    if digest and not force and store.is_complete(request.model_id, digest[0]):
+        log.info("%s: already complete (sha256 %s), skipping", request.model_id, digest[0][:12])
+        return ExtractResult(request.model_id, True, digest[0], device=str(torch_device))
+
+    loaded = load_checkpoint(request.checkpoints, digest=digest)
+    ordered = ordered_convs(request, loaded, torch_device)
+    convs = ordered.convs
+    n_conv = len(convs)
+    if not convs:
+        raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")
+    slug = slugify(request.model_id)
+    writer = store.writer(request.model_id, request.dataset)
+    layer_rows: list[dict] = []
+    n_conv3x3 = n_nonfinite_layers = 0
+    try:
+        for index, conv in enumerate(tqdm(convs, desc=request.model_id, unit="layer", leave=False,
+                                          disable=None if progress else True)):
+            row, batch = _layer(request, slug, index, n_conv, conv, torch_device)
+            layer_rows.append(row)
+            if batch is not None:
+                n_conv3x3 += 1
+                n_nonfinite_layers += row["n_nonfinite"] > 0
+                writer.add_filters(batch)
+        layers = to_table("layers", {k: [r.get(k) for r in layer_rows] for k in arrow_schema("layers").names})
+        metadata = {**request.metadata, "unwrap_paths": loaded.unwrap_paths}
+        if ordered.bind_report is not None:
+            metadata["binding"] = asdict(ordered.bind_report)
+        model_row = {
+            "source_uri": request.source_uri or " ".join(loaded.paths),
+            "checkpoint_sha256": loaded.sha256,
+            "checkpoint_bytes": loaded.n_bytes,
+            "checkpoint_format": loaded.format,
+            "threat_model": request.threat_model,
+            "robust": request.robust,
+            "architecture": request.architecture,
+            "arch_spec": str(parse_arch_spec(request.arch)) if request.arch and loaded.onnx_convs is None else None,
+            "clean_acc": request.clean_acc,
+            "robust_acc": request.robust_acc,
+            "eps": request.eps,
+            "extra_data": request.extra_data,
+            "paper": request.paper,
+            "venue": request.venue,
+            "n_conv_layers": n_conv,
+            "n_conv3x3_layers": n_conv3x3,
+            "n_params": ordered.n_params,
+            "n_params_unused": ordered.n_params_unused,
+            "n_ensemble_members": max(1, len(loaded.state_dicts)),
+            "depth_source": ordered.depth_source,
+            "input_shape": "x".join(map(str, (1, *ordered.input_shape))) if ordered.input_shape else None,
+            "n_nonfinite_layers": n_nonfinite_layers,
+            "metadata_json": json.dumps(metadata, sort_keys=True, default=str),
+            "device": str(torch_device),
+            "extract_seconds": time.perf_counter() - started,
+        }
+        writer.commit(layers, model_row)
+    except BaseException:
+        writer.abort()
+        raise
+    seconds = time.perf_counter() - started
+    log.info("%s: %d conv layers, %d 3x3 filters in %.2fs on %s", request.model_id, n_conv, writer.n_filters,
+             seconds, torch_device)
+    return ExtractResult(request.model_id, False, loaded.sha256, n_conv, writer.n_filters, seconds, str(torch_device))
+
+
+def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: ConvWeight,
+           device: torch.device) -> tuple[dict, pa.RecordBatch | None]:
+    """One layers-table row, and the layer's filter rows when it is 3x3."""
+    weight = conv.weight
+    c_out, c_in_group, kh, kw = (int(x) for x in weight.shape)
+    row = {
+        "model_id": request.model_id,
+        "dataset": request.dataset,
+        "model": slug,
+        "layer_name": conv.name,
+        "conv_index": index,
+        "conv_depth_norm": index / (n_conv - 1) if n_conv > 1 else 0.0,
+        "in_channels": c_in_group * (conv.groups or 1),
+        "out_channels": c_out,
+        "groups": conv.groups,
+        "kernel_h": kh,
+        "kernel_w": kw,
+        "n_filters": c_out * c_in_group,
+        "stride": conv.stride,
+        "dilation": conv.dilation,
+        "has_bias": conv.has_bias,
+        "weight_dtype": conv.source_dtype or _dtype_name(weight.dtype),
+    }
+    on_device = weight.detach().to(device)
+    if (kh, kw) != (3, 3):
+        n_nonfinite = int((~torch.isfinite(on_device)).sum().item())
+        row["n_nonfinite"] = n_nonfinite
+        if not n_nonfinite and on_device.numel():
+            row["weight_abs_max"], row["weight_mean"], row["weight_std"] = weight_statistics(on_device)
+        return row, None
+    metrics, sparse = layer_metrics(on_device)
+    row.update(asdict(metrics))
+    return row, filter_batch(request.model_id, request.dataset, slug, index, weight, sparse)
+
+
+def run_one(request: ModelRequest, store: DatasetStore, device: str | torch.device = "auto",
+            force: bool = False, progress: bool = True) -> ExtractResult:
+    """extract_model, recording a failures row when it raises (then re-raising)."""
+    started = time.perf_counter()
+    try:
+        return extract_model(request, store, device=device, force=force, progress=progress)
+    except Exception as exc:  # expected errors and bugs alike leave a row in failures/
+        store.record_failure(request.model_id, request.dataset, request.source_uri or " ".join(request.checkpoints),
+                             exc, duration_s=time.perf_counter() - started)
+        raise

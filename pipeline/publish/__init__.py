@@ -1,0 +1,1 @@
+"""The dataset as a Hugging Face Hub dataset repo: staging, the card, incremental sync."""

@@ -1,1 +1,0 @@
-"""Where checkpoints come from: zoo files, the RobustBench catalog, and fetching (download + verify)."""

@@ -1,0 +1,1 @@
+"""The paper's analyses over a dataset: selection, depth profiles, pairing, PCA, shift, report."""

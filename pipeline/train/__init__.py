@@ -1,0 +1,1 @@
+"""Training normal and adversarially trained models into a zoo file (the offline demo zoo)."""

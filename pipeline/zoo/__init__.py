@@ -1,0 +1,1 @@
+"""What to process: model metadata (``ModelSpec``), zoo files and the RobustBench catalog."""

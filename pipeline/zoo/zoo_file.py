@@ -1,0 +1,194 @@
+"""Zoo specs: the list of models a build processes, from a YAML file or a built-in catalog.
+
+A zoo file::
+
+    name: my-zoo
+    defaults: {dataset: cifar10}            # optional, merged into every entry
+    models:
+      - id: lab/cifar10/Linf/run-17          # stable model_id
+        source: checkpoints/run17.pt         # path relative to this file, or a URI; a list for ensembles
+        sha256: 3b1f...                      # optional; verified after download
+        arch: robustbench:cifar10:Linf:Carmon2019Unlabeled   # optional architecture spec
+        dataset: cifar10
+        threat_model: Linf                   # Linf, L2, corruptions or none
+        robust: true                         # default: threat_model != none
+        input_shape: 3x32x32                 # optional
+        architecture: WideResNet-28-10       # free text, recorded
+        clean_acc: 89.7                      # percent, recorded
+        robust_acc: 59.5
+        eps: 0.0313725
+        extra_data: true
+        paper: https://arxiv.org/abs/1905.13736
+        venue: NeurIPS 2019
+        metadata: {any: thing}               # recorded as JSON
+
+Source URIs: local paths, file://, http(s)://, hf://<org>/<repo>[@revision]/<path>,
+gdrive:<file id> (as RobustBench uses), s3://, gs:// (via fsspec).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipeline.extract.extractor import ModelRequest
+
+THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
+
+ENTRY_KEYS = {"id", "source", "sha256", "arch", "dataset", "threat_model", "robust", "input_shape", "architecture",
+              "clean_acc", "robust_acc", "eps", "extra_data", "paper", "venue", "metadata"}
+
+
+@dataclass
+class ZooEntry:
+    """One model of a zoo: where its checkpoint is and what is known about it."""
+
+    id: str
+    sources: list[str]
+    sha256: str | None = None
+    arch: str | None = None
+    dataset: str = "unknown"
+    threat_model: str = "none"
+    robust: bool = False
+    input_shape: str | None = None
+    architecture: str | None = None
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    eps: float | None = None
+    extra_data: bool | None = None
+    paper: str | None = None
+    venue: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def request(self, paths: Sequence[str]) -> ModelRequest:
+        """The extraction request for this entry once its checkpoint files are local."""
+        from pipeline.extract.extractor import ModelRequest, parse_input_shape
+
+        return ModelRequest(
+            model_id=self.id, checkpoints=list(paths), arch=self.arch, dataset=self.dataset,
+            threat_model=self.threat_model, robust=self.robust, source_uri=" ".join(self.sources),
+            input_shape=parse_input_shape(self.input_shape), architecture=self.architecture,
+            clean_acc=self.clean_acc, robust_acc=self.robust_acc, eps=self.eps, extra_data=self.extra_data,
+            paper=self.paper, venue=self.venue, metadata=dict(self.metadata),
+        )
+
+    def to_yaml_dict(self) -> dict:
+        """The entry in zoo-file form (``source`` singular when there is one)."""
+        raw = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
+        sources = raw.pop("sources", [])
+        out = {"id": raw.pop("id"), "source": sources[0] if len(sources) == 1 else sources}
+        out.update(raw)
+        return out
+
+
+def _number(value: object, key: str, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and "/" in value:  # "8/255"
+        num, _, den = value.partition("/")
+        try:
+            return float(num) / float(den)
+        except ValueError:
+            pass
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+
+
+def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
+    """Validate one zoo-file entry; relative local sources are resolved against ``base_dir``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: each model must be a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - ENTRY_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(ENTRY_KEYS)}")
+    if not raw.get("id"):
+        raise ConfigError(f"{where}: missing 'id'")
+    source = raw.get("source")
+    if not source:
+        raise ConfigError(f"{where} ({raw['id']}): missing 'source'")
+    sources = [str(s) for s in (source if isinstance(source, list) else [source])]
+    if base_dir is not None:
+        sources = [s if "://" in s or s.startswith("gdrive:") or os.path.isabs(s) else str((base_dir / s).resolve())
+                   for s in sources]
+    threat_model = str(raw.get("threat_model", "none"))
+    if threat_model not in THREAT_MODELS:
+        raise ConfigError(f"{where} ({raw['id']}): threat_model {threat_model!r} is not one of {THREAT_MODELS}")
+    robust = raw.get("robust", threat_model != "none")
+    if not isinstance(robust, bool):
+        raise ConfigError(f"{where} ({raw['id']}): robust must be true or false")
+    metadata = raw.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ConfigError(f"{where} ({raw['id']}): metadata must be a mapping")
+    input_shape = raw.get("input_shape")
+    if input_shape is not None and not re.fullmatch(r"\d+x\d+x\d+", str(input_shape)):
+        raise ConfigError(f"{where} ({raw['id']}): input_shape must be CxHxW, e.g. 3x32x32")
+    return ZooEntry(
+        id=str(raw["id"]), sources=sources, sha256=raw.get("sha256"), arch=raw.get("arch"),
+        dataset=str(raw.get("dataset", "unknown")), threat_model=threat_model, robust=robust,
+        input_shape=str(input_shape) if input_shape else None, architecture=raw.get("architecture"),
+        clean_acc=_number(raw.get("clean_acc"), "clean_acc", where),
+        robust_acc=_number(raw.get("robust_acc"), "robust_acc", where),
+        eps=_number(raw.get("eps"), "eps", where), extra_data=raw.get("extra_data"),
+        paper=raw.get("paper"), venue=raw.get("venue"), metadata=metadata,
+    )
+
+
+def load_zoo_file(path: str | os.PathLike) -> list[ZooEntry]:
+    """Read and validate a zoo YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such zoo file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
+        raise ConfigError(f"{path}: expected a mapping with a 'models' list")
+    defaults = doc.get("defaults") or {}
+    entries = [parse_entry({**defaults, **raw} if isinstance(raw, dict) else raw, path.parent.resolve(),
+                           f"{path}: models[{i}]") for i, raw in enumerate(doc["models"])]
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.id in seen:
+            raise ConfigError(f"{path}: model id {entry.id!r} appears twice")
+        seen.add(entry.id)
+    return entries
+
+
+def write_zoo_file(entries: Iterable[ZooEntry], path: str | os.PathLike, name: str = "zoo") -> None:
+    """Write entries as a zoo YAML file."""
+    doc = {"name": name, "models": [e.to_yaml_dict() for e in entries]}
+    Path(path).write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
+
+
+def select(entries: Sequence[ZooEntry], datasets: Sequence[str] | None = None,
+           threat_models: Sequence[str] | None = None, models: Sequence[str] | None = None,
+           limit: int | None = None) -> list[ZooEntry]:
+    """Filter a zoo: by training dataset, threat model, model names/ids (exact id or last path part), count."""
+    chosen = list(entries)
+    if datasets:
+        chosen = [e for e in chosen if e.dataset in datasets]
+    if threat_models:
+        chosen = [e for e in chosen if e.threat_model in threat_models
+                  or any(b.get("threat_model") in threat_models for b in e.metadata.get("leaderboards", []))]
+    if models:
+        wanted = set(models)
+        chosen = [e for e in chosen if e.id in wanted or e.id.rsplit("/", 1)[-1] in wanted]
+        found = {e.id for e in chosen} | {e.id.rsplit("/", 1)[-1] for e in chosen}
+        missing = sorted(wanted - found)
+        if missing:
+            raise ConfigError(f"no model named {', '.join(missing)} in the zoo (see filterlens zoo list)")
+    if limit is not None:
+        chosen = chosen[:limit]
+    return chosen
