@@ -100,7 +100,7 @@ from bench_build import WorkerRss
 import ray
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 rss = WorkerRss(); rss.start()
-from pipeline.build.runner import build_zoo
+from pipeline.build.zoo_build import build_zoo
 s = build_zoo({str(zoo)!r}, {str(work / f"ds-{actors}")!r}, force=True, progress=False, extractors={actors},
               mirror={mirror_url!r}, cache_dir={str(work / f"cache-{actors}")!r}, max_downloads=4)
 rss.stop.set(); rss.join()

@@ -45,7 +45,8 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": n}
     "extract": """
 import time
 from pipeline.checkpoints.bind import import_robustbench
-from pipeline.extract.extractor import ModelRequest, extract_model
+from pipeline.extract.extractor import extract_model
+from pipeline.zoo.spec import ModelRequest
 from pipeline.dataset.store import DatasetStore
 import_robustbench()  # a one-off import (~2 s) that an extractor actor pays once, not per model
 t = time.perf_counter()
@@ -55,7 +56,8 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
 """,
     "extract-sd": """
 import time
-from pipeline.extract.extractor import ModelRequest, extract_model
+from pipeline.extract.extractor import extract_model
+from pipeline.zoo.spec import ModelRequest
 from pipeline.dataset.store import DatasetStore
 t = time.perf_counter()
 r = extract_model(ModelRequest("bench/wrn-28-10-sd", [CKPT], dataset="cifar10"), DatasetStore(OUT + "/ds-sd"),

@@ -29,9 +29,10 @@ import torch  # noqa: E402
 from fakehub import FakeHub  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pipeline.publish import sync as publishing  # noqa: E402
-from pipeline.extract.extractor import ModelRequest, extract_model  # noqa: E402
 from pipeline.dataset.store import DatasetStore  # noqa: E402
+from pipeline.extract.extractor import extract_model
+from pipeline.publish import sync as publishing  # noqa: E402
+from pipeline.zoo.spec import ModelRequest  # noqa: E402
 
 
 def add_model(root: Path, work: Path, index: int, width: int) -> None:

@@ -30,15 +30,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from synthetic_dataset import generate  # noqa: E402
 
 from pipeline.dataset.query import open_dataset  # noqa: E402
+from pipeline.stats.analysis import StatsOptions, file_opener, scan_targets, select_models  # noqa: E402
 from pipeline.stats.shift import scan  # noqa: E402
-from pipeline.stats.analysis import StatsOptions, _open, scan_targets, select_models  # noqa: E402
 
 
 def read_floor(root: str, threads: int) -> dict:
     """Filters/s of decoding the scan's columns alone, with the scans' thread pool and file opening."""
     with open_dataset(root) as ds:
         targets = scan_targets(ds, select_models(ds, StatsOptions()))
-        _, stats = scan(targets, _open(ds), lambda state, t, cols: None, lambda: None, threads)
+        _, stats = scan(targets, file_opener(ds), lambda state, t, cols: None, lambda: None, threads)
     return {"filters": stats.rows, "seconds": stats.seconds, "cpu_seconds": stats.cpu_seconds,
             "filters_per_s": stats.rows / stats.seconds, "filters_per_cpu_s": stats.rows / stats.cpu_seconds}
 

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from pipeline.extract.extractor import filter_batch  # noqa: E402
-from pipeline.extract.metrics import layer_metrics, weight_statistics  # noqa: E402
 from pipeline.dataset.schema import to_table  # noqa: E402
 from pipeline.dataset.store import DatasetStore, slugify  # noqa: E402
+from pipeline.extract.extractor import filter_batch  # noqa: E402
+from pipeline.extract.metrics import layer_metrics, weight_statistics  # noqa: E402
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
 

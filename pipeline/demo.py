@@ -18,20 +18,21 @@ Layout of ``--out`` (default ``filterlens-demo/``)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
-import io
 import json
 import logging
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from pipeline.train.demo_models import DEMO_ARCHS, arch_spec
 from pipeline.errors import BuildFailedError, ConfigError
-from pipeline.train.recipe import TrainConfig, ZooSummary, train_zoo, zoo_plan
+from pipeline.train.config import DEMO_ARCHS, TrainConfig, demo_arch_spec
+
+if TYPE_CHECKING:
+    from pipeline.train.recipe import ZooSummary
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,13 @@ class DemoConfig:
         """Every (architecture, normal/adversarial, seed) model of the demo zoo."""
         if not self.archs or not self.seeds:
             raise ConfigError("the demo needs at least one architecture and one seed")
-        base = TrainConfig(arch=arch_spec(self.archs[0]), dataset="synthetic", epochs=self.epochs,
+        base = TrainConfig(arch=demo_arch_spec(self.archs[0]), dataset="synthetic", epochs=self.epochs,
                            n_train=self.n_train, n_test=self.n_test, eps=self.eps, attack_steps=self.attack_steps,
                            step_size=2.5 * self.eps / self.attack_steps, eval_steps=self.eval_steps,
                            n_eval_robust=self.n_eval_robust, device=self.device, id_prefix=ZOO_NAME)
-        return zoo_plan([arch_spec(a) for a in self.archs], list(self.seeds), base)
+        from pipeline.train.recipe import zoo_plan  # torch: only when planning runs
+
+        return zoo_plan([demo_arch_spec(a) for a in self.archs], list(self.seeds), base)
 
     @property
     def zoo_path(self) -> str:
@@ -152,7 +155,7 @@ def paper_directions(dataset: str, model_prefix: str | None = None) -> list[Dire
 
     Per model, over the selected 3x3 layers: sparsity = sum of sparse / sum of
     filters, variance entropy weighted by non-sparse filters, orthogonality
-    weighted by output channels (DESIGN.md "Paper analyses"). A direction
+    weighted by output channels (docs/design.md, "Analyses"). A direction
     "shows up" when the mean paired difference has the paper's sign and most
     pairs agree; nothing is adjusted to make it so.
     """
@@ -240,11 +243,15 @@ def stats_available() -> bool:
 
 def run_demo(config: DemoConfig) -> DemoResult:
     """Train (or reuse) the demo zoo, build its dataset through ``build_zoo``, measure directions, run stats."""
-    from pipeline.build.runner import build_zoo  # imported here: the build pulls in Ray and the fetchers
+    from pipeline.build.zoo_build import (
+        build_zoo,  # imported here: the build pulls in Ray and the fetchers
+    )
 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = config.plan()
+    from pipeline.train.recipe import train_zoo
+
     zoo = train_zoo(plan, config.zoo_path, name=ZOO_NAME, backend=config.backend, force=config.force,
                     keep_other_entries=False, progress=config.progress)
     seconds["train"] = time.perf_counter() - t0
@@ -264,14 +271,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     write_directions_csv(directions, os.path.join(config.out, "directions.csv"))
     report, stats_text = None, ""
     if config.stats and stats_available():
-        from pipeline.cli.main import main as cli_main
+        from pipeline.stats.run import run_stats, summary_text
 
-        captured = io.StringIO()
-        with contextlib.redirect_stdout(captured):  # printed by the demo after its own summary
-            code = cli_main(["stats", config.dataset_path, "--out", config.report_path])
-        stats_text = captured.getvalue()
-        if code != 0:
-            raise ConfigError(f"filterlens stats failed with exit code {code}; see the messages above")
+        result = run_stats(config.dataset_path, config.report_path)
+        for note in result.notes:
+            log.warning("%s", note)
+        stats_text = summary_text(result, config.report_path)  # printed by the demo after its own summary
         report = config.report_path
     elif config.stats:
         log.warning("filterlens stats is not part of this installation; skipping the report")

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.extract.extractor import filter_batch
-from pipeline.extract.metrics import layer_metrics, weight_statistics
 from pipeline.dataset.schema import to_table
 from pipeline.dataset.store import DatasetStore, slugify
+from pipeline.extract.extractor import filter_batch
+from pipeline.extract.metrics import layer_metrics, weight_statistics
 
 
 def write_model(store: DatasetStore, model_id: str, dataset: str, weights: list[np.ndarray], robust: bool,

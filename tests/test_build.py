@@ -18,10 +18,10 @@ import yaml
 from checkpoint_server import CheckpointServer
 from zoo_fixtures import tiny_ensemble, tiny_net
 
-from pipeline.build.runner import build_zoo
+from pipeline.build.zoo_build import build_zoo
 from pipeline.dataset.query import open_dataset
-from pipeline.fetch.download import mirror_path
 from pipeline.dataset.store import DatasetStore
+from pipeline.fetch.download import mirror_path
 
 TESTS_DIR = Path(__file__).parent
 ORIGIN = "https://models.example.org/zoo"

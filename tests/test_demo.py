@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.demo import DemoConfig, _verdict, run_demo, stats_available
 from pipeline.dataset.query import open_dataset
 from pipeline.dataset.store import DatasetStore
+from pipeline.demo import DemoConfig, _verdict, run_demo, stats_available
 
 TINY_DEMO = dict(archs=("tiny_cnn",), seeds=(0, 1), epochs=1, n_train=300, n_test=100, n_eval_robust=50,
                  eval_steps=2, attack_steps=1, backend="local", device="cpu", progress=False)

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import save, zoo_model
 
-from pipeline.extract.extractor import ModelRequest, extract_model
 from pipeline.dataset.query import open_dataset
 from pipeline.dataset.schema import arrow_schema
 from pipeline.dataset.store import DatasetStore
+from pipeline.extract.extractor import extract_model
+from pipeline.zoo.spec import ModelRequest
 
 WRN = "robustbench:cifar10:Linf:Carmon2019Unlabeled"          # WideResNet-28-10 (TRADES code, unused sub_block1)
 PREACT = "robustbench:cifar10:Linf:Andriushchenko2020Understanding"  # PreAct-ResNet-18

@@ -18,7 +18,7 @@ from pipeline.extract.metrics import (
 )
 
 
-# --- an independent reference, written from DESIGN.md with NumPy SVD -------------------------
+# --- an independent reference, written from docs/design.md with NumPy SVD -------------------------
 def np_sparse(w: np.ndarray) -> np.ndarray:
     f = w.reshape(-1, 9).astype(np.float64)
     return np.abs(f).max(1) <= 0.01 * np.abs(f).max()

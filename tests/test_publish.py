@@ -24,7 +24,9 @@ import yaml
 from fakehub import FakeHub
 from torch import nn
 
-from pipeline.publish import sync as publishing
+from pipeline.dataset.query import open_dataset
+from pipeline.dataset.schema import arrow_schema
+from pipeline.dataset.store import DatasetStore, slugify
 from pipeline.errors import (
     CorruptCheckpointError,
     DatasetNotFoundError,
@@ -33,10 +35,9 @@ from pipeline.errors import (
     HubLimitError,
     PublishError,
 )
-from pipeline.extract.extractor import ModelRequest, extract_model
-from pipeline.dataset.query import open_dataset
-from pipeline.dataset.schema import arrow_schema
-from pipeline.dataset.store import DatasetStore, slugify
+from pipeline.extract.extractor import extract_model
+from pipeline.publish import sync as publishing
+from pipeline.zoo.spec import ModelRequest
 
 # huggingface_hub 2.4 itself passes a file object as ``data=`` to httpx2 for LFS uploads
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -7,6 +7,7 @@ import re
 import pytest
 import yaml
 
+from pipeline.dataset.schema import table_schema
 from pipeline.publish.card import (
     CardInputs,
     card_metadata,
@@ -15,7 +16,6 @@ from pipeline.publish.card import (
     render_card,
     size_category,
 )
-from pipeline.dataset.schema import table_schema
 
 
 def model(model_id: str, **extra: object) -> dict:

@@ -13,7 +13,7 @@ import torch
 import yaml
 from zoo_fixtures import tiny_net
 
-from pipeline.build.runner import build_zoo
+from pipeline.build.zoo_build import build_zoo
 from pipeline.dataset.query import open_dataset
 from pipeline.dataset.store import DatasetStore
 

@@ -12,7 +12,10 @@ import pytest
 import scipy.stats
 from stats_fixtures import planted_zoo, tiny_weights, write_model
 
+from pipeline.dataset.store import DatasetStore
+from pipeline.stats.analysis import BUCKET_LABELS, StatsOptions, holm
 from pipeline.stats.pairing import auto_pairs, table_pairs
+from pipeline.stats.run import run_stats
 from pipeline.stats.shift import (
     distribution,
     orient_components,
@@ -20,8 +23,6 @@ from pipeline.stats.shift import (
     symmetric_kl,
     weighted_divergence,
 )
-from pipeline.stats.analysis import BUCKET_LABELS, StatsOptions, holm, run_stats
-from pipeline.dataset.store import DatasetStore
 
 FAST = {"permutations": 49, "figures": False}
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.train.demo_models import ARCHITECTURES, arch_spec, tiny_cnn
 from pipeline.errors import ConfigError, UnknownArchitectureError
 from pipeline.train.data import (
     SYNTHETIC_CLASSES,
@@ -19,6 +18,7 @@ from pipeline.train.data import (
     synthetic_images,
     synthetic_split,
 )
+from pipeline.train.demo_models import ARCHITECTURES, arch_spec, tiny_cnn
 from pipeline.train.recipe import TrainConfig, lr_at, pgd_linf, train_one
 
 # --- the synthetic dataset --------------------------------------------------------------------

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.train.demo_models import arch_spec, tiny_cnn
-from pipeline.build.ray_runner import task_resources
+from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.extract.extractor import extract_model
-from pipeline.zoo.zoo_file import load_zoo_file
-from pipeline.dataset.store import DatasetStore
+from pipeline.ray_cluster import task_resources
+from pipeline.train.demo_models import arch_spec, tiny_cnn
 from pipeline.train.recipe import ZOO_KEYS, TrainConfig, read_zoo, train_zoo, zoo_plan
+from pipeline.zoo.zoo_file import load_zoo_file
 
 BASE = TrainConfig(arch=arch_spec("tiny_cnn"), n_train=300, n_test=100, epochs=1, batch_size=50,
                    eps=8 / 255, attack_steps=1, step_size=8 / 255, eval_steps=2, n_eval_robust=50,

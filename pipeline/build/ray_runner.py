@@ -20,9 +20,7 @@ The only module (with ``jobs/``) that imports Ray. Design:
 from __future__ import annotations
 
 import logging
-import os
 import time
-from pathlib import Path
 from collections import deque
 from dataclasses import asdict, dataclass
 
@@ -38,10 +36,11 @@ from pipeline.build.runner import (
     extract_fetched,
     record_build_failure,
 )
+from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError, FilterlensError, SchedulingError
 from pipeline.fetch.download import FetchedCheckpoint, FetchPolicy, fetch_entry
+from pipeline.ray_cluster import connect
 from pipeline.zoo.zoo_file import ZooEntry
-from pipeline.dataset.store import DatasetStore
 
 log = logging.getLogger(__name__)
 
@@ -111,21 +110,6 @@ class Extractor:
             if not failure["error"]["transient"] and not self.keep_checkpoints:
                 checkpoint.delete_owned()  # it will not be retried: free the cache on this node
             return failure
-
-
-def connect(address: str | None, log_to_driver: bool = True) -> None:
-    """Join (``auto``, ``ray://...``, or RAY_ADDRESS inside a job) or start (None, ``local``) a Ray cluster."""
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
-    if address == "local" or (address is None and not os.environ.get("RAY_ADDRESS")):
-        kwargs["include_dashboard"] = False
-        # workers import this package from the driver's source tree, installed or not
-        project_root = str(Path(__file__).resolve().parents[2])
-        kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.pathsep.join(
-            p for p in (project_root, os.environ.get("PYTHONPATH", "")) if p)}}
-    ray.init(address=address, **kwargs)
 
 
 @dataclass
@@ -325,104 +309,3 @@ def _report_stall(downloading: dict, extracting: dict, seconds: float) -> None:
         ", ".join(j.entry.id for j in list(downloading.values())[:5]), len(extracting),
         ", ".join(j.entry.id for j in list(extracting.values())[:5]), ray.cluster_resources(),
         ray.available_resources())
-
-
-def submit_build_job(address: str, argv: list[str], zoo: str, wait: bool = True) -> int:
-    """Submit ``filterlens build`` to a cluster's job server (an http:// dashboard address).
-
-    The zoo file travels in the job's working directory; the cluster must have
-    filterlens installed (cluster.yaml's setup commands do that) and ``--out``
-    must be a location the cluster can write (s3://, gs://, a shared path).
-    Returns the exit code: 0 when the job succeeded.
-    """
-    import shutil
-    import tempfile
-
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    workdir = tempfile.mkdtemp(prefix="filterlens-job-")
-    args = list(argv)
-    if zoo != "robustbench":
-        shutil.copy(zoo, os.path.join(workdir, "zoo.yaml"))
-        args[args.index(zoo)] = "zoo.yaml"
-    entrypoint = "python -m pipeline build " + " ".join(_quote(a) for a in args)
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": workdir})
-    print(f"submitted Ray job {job_id} to {address}; follow it with: ray job logs --follow {job_id} "
-          f"--address {address}")
-    if not wait:
-        return 0
-    status = client.get_job_status(job_id)
-    printed = 0
-    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}:
-        time.sleep(2)
-        logs = client.get_job_logs(job_id)
-        print(logs[printed:], end="")
-        printed = len(logs)
-        status = client.get_job_status(job_id)
-    print(client.get_job_logs(job_id)[printed:], end="")
-    print(f"Ray job {job_id}: {status.value.lower()}")
-    return 0 if status == JobStatus.SUCCEEDED else 3
-
-
-def _quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
-
-
-# --- training (pipeline.train.recipe): one Ray task per model ------------------------------------------------
-
-def task_resources(cluster_resources: dict) -> tuple[int, str]:
-    """(GPUs per training task, device) for a cluster: a GPU each only when the cluster has one.
-
-    A task asking for a GPU on a CPU-only cluster would wait forever, so this is
-    decided from the cluster's resources at run time, never assumed.
-    """
-    return (1, "cuda") if cluster_resources.get("GPU", 0) >= 1 else (0, "cpu")
-
-
-def _train_task(config):  # noqa: ANN001, ANN202 - a pipeline.train.recipe.TrainConfig -> TrainResult
-    """The body of one training task (module-level so Ray pickles it by reference)."""
-    from pipeline.train.recipe import train_one
-
-    logging.basicConfig(level=logging.WARNING)
-    return train_one(config)
-
-
-def train_on_ray(configs: list, address: str | None, progress: bool, on_done) -> str:  # noqa: ANN001
-    """Train ``configs`` (pipeline.train.recipe.TrainConfig) as Ray tasks, calling ``on_done(config, result or
-    exception)`` as each finishes; num_gpus=1 per task only when the cluster has GPUs. Returns "ray"."""
-    import dataclasses
-
-    from tqdm import tqdm
-
-    connect(address, log_to_driver=False)
-    num_gpus, device = task_resources(ray.cluster_resources())
-    remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=1)(_train_task)
-    by_ref = {}
-    for config in configs:
-        task_config = dataclasses.replace(config, device=device, threads=config.threads or (None if num_gpus else 1))
-        by_ref[remote.remote(task_config)] = config
-    log.info("training %d models as Ray tasks (%s per task)", len(configs), "1 GPU" if num_gpus else "1 CPU")
-    pending = list(by_ref)
-    last_progress = time.monotonic()
-    with tqdm(total=len(configs), desc="training", unit="model", disable=None if progress else True) as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=60)
-            if not done:
-                if time.monotonic() - last_progress > 600:
-                    log.warning("no model finished in %.0f min; still training: %s",
-                                (time.monotonic() - last_progress) / 60,
-                                ", ".join(by_ref[r].model_id for r in pending[:5]))
-                continue
-            last_progress = time.monotonic()
-            for ref in done:
-                config = by_ref[ref]
-                try:
-                    on_done(config, ray.get(ref))
-                except Exception as exc:  # noqa: BLE001 - a RayTaskError wraps the task's exception
-                    on_done(config, getattr(exc, "cause", None) or exc)
-                bar.update(1)
-                bar.set_postfix_str(config.model_id.rsplit("/", 1)[-1])
-    return "ray"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -21,11 +20,10 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from pipeline import __version__
-from pipeline.errors import ConfigError, describe
+from pipeline.dataset.store import DatasetStore, StoredModel
+from pipeline.errors import describe
 from pipeline.fetch.download import FetchedCheckpoint, FetchPolicy, fetch_entry
 from pipeline.zoo.zoo_file import ZooEntry, load_zoo_file, select
-from pipeline.dataset.store import DatasetStore, StoredModel, utcnow
 
 if TYPE_CHECKING:
     from pipeline.extract.extractor import ExtractResult
@@ -247,50 +245,4 @@ def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: Dataset
             if config.keep_checkpoints:
                 kept.add(fetched)
             break
-    return summary
-
-
-def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", device: str = "auto",
-              force: bool = False, allow_failures: bool = False, progress: bool = True,
-              model_info: str | None = None, datasets: Sequence[str] | None = None,
-              threat_models: Sequence[str] | None = None, models: Sequence[str] | None = None,
-              limit: int | None = None, command: str | None = None, **options: object) -> BuildSummary:
-    """Build (or complete) the filter dataset at ``out`` from a zoo; returns the summary.
-
-    ``zoo`` is a zoo YAML path, ``"robustbench"``, or a list of entries. Failed
-    models are recorded in ``failures/`` and the build goes on; ``allow_failures``
-    is accepted for symmetry with the CLI, which turns failures into exit code 3.
-    """
-    del allow_failures  # the caller decides what failures mean for its exit code
-    if backend not in ("ray", "local"):
-        raise ConfigError(f"unknown backend {backend!r}; use ray or local")
-    config = BuildConfig(out=out, backend=backend, device=device, force=force, progress=progress,
-                         **options)  # type: ignore[arg-type]
-    entries = load_entries(zoo, model_info, datasets, threat_models, models, limit)
-    store = DatasetStore(out)
-    started = time.perf_counter()
-    removed = store.cleanup_orphans() if store.exists() else []
-    todo, skipped = plan(entries, store, config.force)
-    log.info("%d models: %d to process, %d already complete%s", len(entries), len(todo), len(skipped),
-             f", {len(removed)} orphan files removed" if removed else "")
-    bar = BuildProgress(len(todo), enabled=progress)
-    try:
-        if not todo:
-            summary = BuildSummary()
-        elif backend == "local":
-            summary = build_local(todo, config, store, bar)
-        else:
-            from pipeline.build.ray_runner import build_on_ray
-
-            summary = build_on_ray(todo, config, store, bar)
-    finally:
-        bar.close()
-    summary.skipped += len(skipped)
-    summary.wall_seconds = time.perf_counter() - started
-    store.update_manifest({
-        "command": command or "build", "backend": backend, "host": socket.gethostname(),
-        "pipeline_version": __version__, "finished_at": utcnow().isoformat(), "models": len(entries),
-        "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
-        "seconds": round(summary.wall_seconds, 3),
-    })
     return summary

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pipeline.checkpoints.arch_spec import MOVED_MODULES, ArchSpec, parse_arch_spec  # noqa: F401 - re-exported
 from pipeline.checkpoints.load import ConvWeight, strip_prefix
 from pipeline.errors import ArchitectureMismatchError, ForwardPassError, UnknownArchitectureError
 
@@ -48,46 +49,6 @@ ENSEMBLE_LAYOUTS: dict[str, list[str | dict[str, str]]] = {
 
 # Keys RobustBench itself tolerates as unexpected for some zoo checkpoints.
 TOLERATED_UNEXPECTED = re.compile(r"(^model_preact_hl1\.|\.scores$)")
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """A parsed ``--arch`` value."""
-
-    kind: str
-    name: str
-    dataset: str | None = None
-    threat_model: str | None = None
-
-    def __str__(self) -> str:
-        if self.kind == "robustbench":
-            return f"robustbench:{self.dataset}:{self.threat_model}:{self.name}"
-        if self.kind == "module":
-            return self.name
-        return f"{self.kind}:{self.name}"
-
-
-MOVED_MODULES = {"pipeline.demo_models": "pipeline.train.demo_models"}
-"""Architecture modules of filterlens that moved: zoo files written before the move still bind."""
-
-
-def parse_arch_spec(spec: str) -> ArchSpec:
-    """Parse an architecture spec string; raise UnknownArchitectureError with the accepted forms."""
-    parts = spec.split(":")
-    if parts[0] == "robustbench":
-        if len(parts) != 4 or not all(parts[1:]):
-            raise UnknownArchitectureError(
-                f"bad spec {spec!r}: expected robustbench:<dataset>:<threat_model>:<name>, "
-                "e.g. robustbench:cifar10:Linf:Carmon2019Unlabeled")
-        return ArchSpec("robustbench", parts[3], parts[1], parts[2])
-    if parts[0] in ("timm", "torchvision") and len(parts) == 2 and parts[1]:
-        return ArchSpec(parts[0], parts[1])
-    if len(parts) == 2 and all(parts) and re.fullmatch(r"[\w.]+", parts[0]) and parts[1].isidentifier():
-        module = MOVED_MODULES.get(parts[0], parts[0])
-        return ArchSpec("module", f"{module}:{parts[1]}")
-    raise UnknownArchitectureError(
-        f"bad architecture spec {spec!r}: use robustbench:<dataset>:<threat_model>:<name>, "
-        "timm:<name>, torchvision:<name> or <python.module>:<factory>")
 
 
 def import_robustbench():  # noqa: ANN201 - returns the robustbench model_zoo module

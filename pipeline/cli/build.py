@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.build.runner import BuildConfig, build_zoo, load_entries, plan
-from pipeline.errors import ConfigError
+from pipeline.build.runner import BuildConfig, load_entries, plan
+from pipeline.build.zoo_build import build_zoo
 from pipeline.dataset.store import DatasetStore
+from pipeline.errors import ConfigError
 
 HELP = """\
 Build (or complete) the filter dataset at --out from a zoo: a zoo YAML file or
@@ -69,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     if args.address and args.address.startswith("http"):
-        from pipeline.build.ray_runner import submit_build_job
+        from pipeline.build.job_submit import submit_build_job
 
         argv = _drop_option(args.argv[args.argv.index("build") + 1:], "--address")
         return submit_build_job(args.address, argv, args.zoo)

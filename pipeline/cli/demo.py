@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from pipeline.demo import ABOUT, DemoConfig, directions_text, run_demo
-from pipeline.train.demo_models import ARCHITECTURES, DEMO_ARCHS
 from pipeline.errors import ConfigError
+from pipeline.train.config import DEMO_ARCHS
 
 HELP = """\
 Train a small zoo of CNNs on a procedurally generated image dataset (no
@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> DemoConfig:
     archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+    from pipeline.train.demo_models import ARCHITECTURES  # torch: only when the command runs
+
     unknown = [a for a in archs if a not in ARCHITECTURES]
     if unknown:
         raise ConfigError(f"unknown demo architecture(s) {', '.join(unknown)}; choose from {', '.join(DEMO_ARCHS)}")

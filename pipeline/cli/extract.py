@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.errors import ConfigError
-from pipeline.zoo.zoo_file import THREAT_MODELS
 from pipeline.dataset.store import DatasetStore, utcnow
+from pipeline.errors import ConfigError
+from pipeline.zoo.spec import THREAT_MODELS, ModelRequest, parse_input_shape
 
 HELP = """\
 Extract every 3x3 convolution filter and per-layer metric of one model into the
@@ -51,12 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def request_from_args(args: argparse.Namespace):  # noqa: ANN201 - a pipeline.extract.extractor.ModelRequest
-    from pipeline.extract.extractor import (  # torch: imported only when the command runs
-        ModelRequest,
-        parse_input_shape,
-    )
-
+def request_from_args(args: argparse.Namespace) -> ModelRequest:
     dataset, threat_model = args.dataset, args.threat_model
     if args.arch and args.arch.startswith("robustbench:"):
         parts = args.arch.split(":")

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigError
 from pipeline.dataset.query import open_dataset
+from pipeline.errors import ConfigError
 
 HELP = """\
 Run one read-only SQL query (DuckDB dialect) against the views models, layers,

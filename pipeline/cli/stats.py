@@ -62,7 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stats.analysis import StatsOptions, run_stats  # heavy: imported only when the command runs
+    from pipeline.stats.analysis import StatsOptions  # heavy: imported only when the command runs
+    from pipeline.stats.run import run_stats, summary_text
 
     options = StatsOptions(where=args.where, datasets=args.datasets, threat_models=args.threat_models,
                            pairs_csv=args.pairs, kl_groups=args.kl_groups,
@@ -73,8 +74,5 @@ def run(args: argparse.Namespace) -> int:
     result = run_stats(args.dataset, args.out, options)
     for note in result.notes:
         log.warning("%s", note)
-    out = sys.stdout
-    out.write(f"{len(result.tables['models'])} models; report: {args.out}/report.md, {args.out}/report.html\n")
-    for finding in result.findings:
-        out.write(f"- {finding.text}\n")
+    sys.stdout.write(summary_text(result, args.out))
     return 0

@@ -17,9 +17,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from pipeline.errors import QueryError
 from pipeline.dataset.schema import TABLES, arrow_schema
 from pipeline.dataset.store import DatasetStore
+from pipeline.errors import QueryError
 
 log = logging.getLogger(__name__)
 

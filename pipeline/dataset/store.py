@@ -1,6 +1,6 @@
 """The filter dataset on disk or object storage: atomic per-model writes, reads, cleanup.
 
-Layout (DESIGN.md):
+Layout (docs/design.md):
 
     <root>/models/part-<slug>.parquet                            one row per model (the commit marker)
     <root>/layers/dataset=<d>/model=<slug>/part-<write_id>.parquet
@@ -36,8 +36,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.errors import DatasetNotFoundError, StoreError, describe
 from pipeline.dataset.schema import arrow_schema, check_schema, schema_version, to_table
+from pipeline.errors import DatasetNotFoundError, StoreError, describe
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,47 +26,15 @@ from pipeline.checkpoints.load import (
     load_checkpoint,
     state_dict_convs,
 )
+from pipeline.dataset.schema import arrow_schema, to_table
+from pipeline.dataset.store import DatasetStore, filters_write_schema, slugify
 from pipeline.digest import sha256_of_files
 from pipeline.errors import ConfigError, NoConvWeightsError
 from pipeline.extract.metrics import layer_metrics, weight_statistics
-from pipeline.dataset.schema import arrow_schema, to_table
-from pipeline.zoo.zoo_file import THREAT_MODELS
-from pipeline.dataset.store import DatasetStore, filters_write_schema, slugify
+from pipeline.zoo.spec import ModelRequest
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass
-class ModelRequest:
-    """Everything needed to extract one model from local checkpoint file(s)."""
-
-    model_id: str
-    checkpoints: list[str]
-    arch: str | None = None
-    dataset: str = "unknown"
-    threat_model: str = "none"
-    robust: bool = False
-    source_uri: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    architecture: str | None = None
-    clean_acc: float | None = None
-    robust_acc: float | None = None
-    eps: float | None = None
-    extra_data: bool | None = None
-    paper: str | None = None
-    venue: str | None = None
-    metadata: dict = field(default_factory=dict)
-    digest: tuple[str, int] | None = None
-    """(sha256, bytes) of the checkpoint files when already known (a build's download computed it)."""
-
-    def __post_init__(self) -> None:
-        if not self.model_id or not self.model_id.strip():
-            raise ConfigError("model_id must not be empty")
-        if self.threat_model not in THREAT_MODELS:
-            raise ConfigError(f"threat model {self.threat_model!r} is not one of {', '.join(THREAT_MODELS)}")
-        if isinstance(self.checkpoints, str):
-            self.checkpoints = [self.checkpoints]
 
 
 @dataclass
@@ -92,19 +60,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-
-
-def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
-    """``3x32x32`` -> (3, 32, 32)."""
-    if not text:
-        return None
-    try:
-        shape = tuple(int(x) for x in text.lower().split("x"))
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"--input-shape {text!r} must be CxHxW, e.g. 3x32x32")
-    return shape
 
 
 def _num_classes(state_dicts: Sequence[dict[str, torch.Tensor]]) -> int | None:

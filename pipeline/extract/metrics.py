@@ -2,7 +2,7 @@
 
 Everything here takes a conv weight tensor of shape (c_out, c_in/groups, kh, kw)
 on any device and returns plain numbers (or small tensors); computation is in
-float64 on the weight's own device. Definitions follow DESIGN.md, which follows
+float64 on the weight's own device. Definitions follow docs/design.md, which follows
 the reference code of Gavrikov & Keuper (torchconvquality):
 
 * sparsity: filter f is sparse iff max|f| <= 0.01 * max|W|;

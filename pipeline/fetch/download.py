@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pipeline.dataset.store import slugify
 from pipeline.digest import sha256_of_files
 from pipeline.errors import (
     ChecksumMismatchError,
@@ -34,7 +35,6 @@ from pipeline.errors import (
     SourceNotFoundError,
 )
 from pipeline.zoo.zoo_file import ZooEntry
-from pipeline.dataset.store import slugify
 
 log = logging.getLogger(__name__)
 

@@ -58,17 +58,6 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from pipeline import __version__
-from pipeline.publish.card import CardInputs, render_card
-from pipeline.digest import sha256_file
-from pipeline.errors import (
-    ConfigError,
-    FilterlensError,
-    HubAuthError,
-    HubConflictError,
-    HubLimitError,
-    PublishError,
-    StoreError,
-)
 from pipeline.dataset.hub import check_online, hub_endpoint, resolve_token
 from pipeline.dataset.schema import arrow_schema, schema_version
 from pipeline.dataset.store import (
@@ -80,6 +69,17 @@ from pipeline.dataset.store import (
     DatasetStore,
     StoredModel,
 )
+from pipeline.digest import sha256_file
+from pipeline.errors import (
+    ConfigError,
+    FilterlensError,
+    HubAuthError,
+    HubConflictError,
+    HubLimitError,
+    PublishError,
+    StoreError,
+)
+from pipeline.publish.card import CardInputs, render_card
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The paper's robustness statistics over a filter dataset (DESIGN.md, "Paper analyses").
+"""The paper's robustness statistics over a filter dataset (docs/design.md, "Analyses").
 
 ``run_stats(root, out_dir, StatsOptions(...))`` selects models, then computes
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -37,20 +36,15 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 from scipy import stats as scistats
 
+from pipeline.dataset.query import FilterDataset
 from pipeline.errors import ConfigError, EmptySelectionError, StatsError
-from pipeline.stats.pairing import auto_pairs, read_pairs_table, table_pairs
-from pipeline.dataset.query import FilterDataset, open_dataset
 from pipeline.stats.shift import (
-    N_BINS,
     PCABasis,
     ScanStats,
     ScanTarget,
-    _row_groups,
-    bin_edges,
     numba_available,
-    numba_coefficient_histograms,
-    numba_coefficient_range,
     pca_from_statistics,
+    row_groups,
     sum_statistics,
     weighted_divergence,
 )
@@ -329,7 +323,7 @@ def scan_targets(ds: FilterDataset, models: pd.DataFrame) -> list[ScanTarget]:
     return targets
 
 
-def _open(ds: FilterDataset):  # noqa: ANN202
+def file_opener(ds: FilterDataset):  # noqa: ANN201 - a callable path -> file
     """How the scans open filters files: memory-mapped locally (measured faster), the store's filesystem else."""
     if ds.store.local:
         return pa.memory_map
@@ -381,7 +375,7 @@ def _prepare_duckdb_scan(ds: FilterDataset, targets: list[ScanTarget], basis: PC
         branches.append(f"SELECT {i}::BIGINT AS target, {columns} FROM {source}")
     ds.con.execute("CREATE OR REPLACE TEMP VIEW _scan_filters AS " + "\nUNION ALL ".join(branches))
     ds.con.execute(load_sql("scan_coefficients"))
-    return ScanStats(rows=sum(w[3] for w in _row_groups(targets, _open(ds))))
+    return ScanStats(rows=sum(w[3] for w in row_groups(targets, file_opener(ds))))
 
 
 def duckdb_coefficient_range(ds: FilterDataset, targets: list[ScanTarget], basis: PCABasis,
@@ -693,114 +687,3 @@ def correlation_findings(models: pd.DataFrame, table: pd.DataFrame, options: Sta
                            f"{row.spearman_rho:+.2f}, q {row.spearman_q:.3g}, Pearson r {row.pearson_r:+.2f}, "
                            f"n {row.n})."))
     return out
-
-
-# --- the whole run ------------------------------------------------------------------------------
-def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> StatsResult:
-    """Compute everything for the selection and write tables, figures and the report into ``out_dir``."""
-    import time
-
-    from pipeline.stats import report
-
-    options = options or StatsOptions()
-    timings: dict[str, float] = {}
-    notes: list[str] = []
-    started = time.perf_counter()
-    with open_dataset(root, threads=options.threads) as ds:
-        models = select_models(ds, options)
-        coverage = run_sql(ds, "layer_coverage")
-        no_metrics = coverage[coverage.n_layers_with_metrics == 0]
-        for row in no_metrics.itertuples():
-            why = ("no 3x3 conv layers" if row.n_layers_nonfinite == 0 else
-                   f"its {row.n_layers_nonfinite} 3x3 layers have NaN/Inf weights")
-            notes.append(f"{row.model_id} has no layer with metrics ({why}); it is left out of every analysis.")
-        nonfinite = coverage[(coverage.n_layers_nonfinite > 0) & (coverage.n_layers_with_metrics > 0)]
-        for row in nonfinite.itertuples():
-            notes.append(f"{row.model_id}: {row.n_layers_nonfinite} 3x3 layer(s) with NaN/Inf weights are left out.")
-        profile = run_sql(ds, "depth_profile")
-        profile = profile[profile.n_layers > 0].reset_index(drop=True)
-        profile["bucket"] = profile.depth_bucket.map(lambda b: BUCKET_LABELS[int(b)])
-        whole = model_profile(profile)
-        comparison = compare_robust_normal(profile, options.alpha, options.min_models)
-        if options.pairs_csv:
-            pairs, unpaired = table_pairs(models, read_pairs_table(options.pairs_csv))
-        else:
-            pairs, unpaired = auto_pairs(models)
-        differences = pair_differences(pairs, profile)
-        timings["layers"] = time.perf_counter() - started
-
-        layer_stats = run_sql(ds, "pca_statistics")
-        bases = pca_bases(layer_stats)
-        explained, components = basis_tables(bases)
-        for name, basis in bases.items():
-            if basis is None:
-                notes.append(f"no PCA basis for {name} filters: fewer than 2 non-sparse 3x3 filters in the selection.")
-
-        shift = pd.DataFrame()
-        histograms = pd.DataFrame()
-        coef_range = None
-        reason = None
-        basis = bases["all"]
-        if basis is None:
-            reason = "no distribution shift: the selection has fewer than 2 non-sparse 3x3 filters."
-        elif not models.robust.any() or models.robust.all():
-            reason = ("no distribution shift: the selection has only "
-                      f"{'robust' if models.robust.all() else 'normally trained'} models.")
-        else:
-            targets = scan_targets(ds, models)
-            engine = scan_engine(options)
-            timings["engine"] = engine
-            if options.coef_range:
-                coef_range = tuple(float(x) for x in options.coef_range)
-            else:
-                if engine == "numba":
-                    lo, hi, range_stats = numba_coefficient_range(targets, _open(ds), basis, options.threads)
-                else:
-                    lo, hi, range_stats = duckdb_coefficient_range(ds, targets, basis)
-                coef_range = (lo, hi)
-                timings["range_pass"] = range_stats.seconds
-                timings["range_pass_cpu"] = range_stats.cpu_seconds
-                timings["range_pass_filters"] = range_stats.rows
-            edges = bin_edges(*coef_range, N_BINS)
-            if engine == "numba":
-                counts, hist_stats = numba_coefficient_histograms(targets, _open(ds), basis, edges, N_BUCKETS,
-                                                                  options.threads)
-            else:
-                counts, hist_stats = duckdb_coefficient_histograms(ds, targets, basis, edges)
-            timings["histogram_pass"] = hist_stats.seconds
-            timings["histogram_pass_cpu"] = hist_stats.cpu_seconds
-            timings["histogram_pass_filters"] = hist_stats.rows
-            shift = distribution_shift(counts, targets, models, pairs, basis, edges, options)
-            histograms = group_histograms(counts, targets, models, edges)
-        corr = correlations(profile, whole, options.min_correlation_models)
-        gallery = galleries(ds, models, gallery_models(models, pairs, options))
-
-    findings = (depth_findings(models, comparison, options)
-                + shift_findings(models, shift, basis, options, reason)
-                + correlation_findings(models, corr, options))
-    paired = set(pairs.robust_model_id) | set(pairs.normal_model_id)
-    model_table = models.drop(columns=[c for c in ("metadata_json",) if c in models]).assign(
-        paired=models.model_id.isin(paired))
-    tables = {
-        "models": model_table,
-        "layer_coverage": coverage,
-        "depth_profile": profile,
-        "model_profile": whole,
-        "robust_vs_normal": comparison,
-        "pairs": pairs,
-        "unpaired": unpaired,
-        "pair_differences": differences,
-        "pca_explained_variance": explained,
-        "pca_components": components,
-        "distribution_shift": shift,
-        "coefficient_histograms": histograms,
-        "correlations": corr,
-        "findings": pd.DataFrame([vars(f) for f in findings], columns=["analysis", "dataset", "subject", "verdict",
-                                                                      "text"]),
-    }
-    timings["total"] = time.perf_counter() - started
-    result = StatsResult(tables, findings, bases, gallery, notes, timings, coef_range, describe_selection(options))
-    os.makedirs(out_dir, exist_ok=True)
-    report.write_tables(result, out_dir)
-    report.write_report(result, out_dir, root, options)
-    return result

@@ -21,7 +21,14 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pipeline import __version__  # noqa: E402
-from pipeline.stats.analysis import BUCKET_LABELS, METRIC_NAMES, METRICS, Gallery, StatsOptions, StatsResult  # noqa: E402
+from pipeline.stats.analysis import (  # noqa: E402
+    BUCKET_LABELS,
+    METRIC_NAMES,
+    METRICS,
+    Gallery,
+    StatsOptions,
+    StatsResult,
+)
 
 ROBUST_COLOR, NORMAL_COLOR = "C1", "C0"
 

@@ -284,7 +284,7 @@ class ScanStats:
     cpu_seconds: float = 0.0
 
 
-def _row_groups(targets: Sequence[ScanTarget], open_file) -> list[tuple[int, str, int, int]]:  # noqa: ANN001
+def row_groups(targets: Sequence[ScanTarget], open_file) -> list[tuple[int, str, int, int]]:  # noqa: ANN001
     """(target index, path, row group, rows) for every row group of every target."""
     work = []
     for t, target in enumerate(targets):
@@ -315,7 +315,7 @@ def scan(targets: Sequence[ScanTarget], open_file, fn, make_state, threads: int 
 
     from tqdm import tqdm
 
-    work = _row_groups(targets, open_file)
+    work = row_groups(targets, open_file)
     threads = max(1, threads or os.cpu_count() or 1)
     local = threading.local()
     states: list = []

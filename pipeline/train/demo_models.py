@@ -19,6 +19,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from pipeline.train.config import DEMO_ARCHS, demo_arch_spec  # noqa: F401 - re-exported
+
 INPUT_SHAPE = (3, 32, 32)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -193,11 +195,10 @@ ARCHITECTURES: dict[str, tuple[str, Callable[[], nn.Module]]] = {
 }
 """factory name -> (human-readable architecture name, factory)."""
 
-DEMO_ARCHS = ("small_vgg", "small_resnet", "small_wrn")
 
 
 def arch_spec(name: str) -> str:
     """``small_vgg`` -> ``pipeline.train.demo_models:small_vgg`` (the form --arch and zoo files take)."""
     if name not in ARCHITECTURES:
         raise KeyError(f"unknown demo architecture {name!r}; one of {', '.join(ARCHITECTURES)}")
-    return f"{__name__}:{name}"
+    return demo_arch_spec(name)

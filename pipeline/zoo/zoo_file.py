@@ -33,16 +33,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline.errors import ConfigError
-
-if TYPE_CHECKING:
-    from pipeline.extract.extractor import ModelRequest
-
-THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
+from pipeline.zoo.spec import THREAT_MODELS, ModelRequest, parse_input_shape
 
 ENTRY_KEYS = {"id", "source", "sha256", "arch", "dataset", "threat_model", "robust", "input_shape", "architecture",
               "clean_acc", "robust_acc", "eps", "extra_data", "paper", "venue", "metadata"}
@@ -71,8 +66,6 @@ class ZooEntry:
 
     def request(self, paths: Sequence[str]) -> ModelRequest:
         """The extraction request for this entry once its checkpoint files are local."""
-        from pipeline.extract.extractor import ModelRequest, parse_input_shape
-
         return ModelRequest(
             model_id=self.id, checkpoints=list(paths), arch=self.arch, dataset=self.dataset,
             threat_model=self.threat_model, robust=self.robust, source_uri=" ".join(self.sources),

@@ -1,0 +1,73 @@
+"""``build_zoo``: plan a zoo against the dataset, run the chosen runner, record the build in the manifest.
+
+The runners (``pipeline.build.runner.build_local``, ``pipeline.build.ray_runner.build_on_ray``)
+run the same per-model steps and differ only in scheduling; this module picks one.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+
+from pipeline import __version__
+from pipeline.build.runner import (
+    BuildConfig,
+    BuildProgress,
+    BuildSummary,
+    build_local,
+    load_entries,
+    plan,
+)
+from pipeline.dataset.store import DatasetStore, utcnow
+from pipeline.errors import ConfigError
+from pipeline.zoo.zoo_file import ZooEntry
+
+log = logging.getLogger(__name__)
+
+
+def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", device: str = "auto",
+              force: bool = False, allow_failures: bool = False, progress: bool = True,
+              model_info: str | None = None, datasets: Sequence[str] | None = None,
+              threat_models: Sequence[str] | None = None, models: Sequence[str] | None = None,
+              limit: int | None = None, command: str | None = None, **options: object) -> BuildSummary:
+    """Build (or complete) the filter dataset at ``out`` from a zoo; returns the summary.
+
+    ``zoo`` is a zoo YAML path, ``"robustbench"``, or a list of entries. Failed
+    models are recorded in ``failures/`` and the build goes on; ``allow_failures``
+    is accepted for symmetry with the CLI, which turns failures into exit code 3.
+    """
+    del allow_failures  # the caller decides what failures mean for its exit code
+    if backend not in ("ray", "local"):
+        raise ConfigError(f"unknown backend {backend!r}; use ray or local")
+    config = BuildConfig(out=out, backend=backend, device=device, force=force, progress=progress,
+                         **options)  # type: ignore[arg-type]
+    entries = load_entries(zoo, model_info, datasets, threat_models, models, limit)
+    store = DatasetStore(out)
+    started = time.perf_counter()
+    removed = store.cleanup_orphans() if store.exists() else []
+    todo, skipped = plan(entries, store, config.force)
+    log.info("%d models: %d to process, %d already complete%s", len(entries), len(todo), len(skipped),
+             f", {len(removed)} orphan files removed" if removed else "")
+    bar = BuildProgress(len(todo), enabled=progress)
+    try:
+        if not todo:
+            summary = BuildSummary()
+        elif backend == "local":
+            summary = build_local(todo, config, store, bar)
+        else:
+            from pipeline.build.ray_runner import build_on_ray
+
+            summary = build_on_ray(todo, config, store, bar)
+    finally:
+        bar.close()
+    summary.skipped += len(skipped)
+    summary.wall_seconds = time.perf_counter() - started
+    store.update_manifest({
+        "command": command or "build", "backend": backend, "host": socket.gethostname(),
+        "pipeline_version": __version__, "finished_at": utcnow().isoformat(), "models": len(entries),
+        "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
+        "seconds": round(summary.wall_seconds, 3),
+    })
+    return summary

@@ -1,0 +1,174 @@
+"""``run_stats``: every analysis over a selection, then the tables, figures and report.
+
+Computing (``pipeline.stats.analysis``) and rendering (``pipeline.stats.report``)
+stay apart; this module is the one place that calls both, in order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from pipeline.dataset.query import FilterDataset, open_dataset
+from pipeline.stats import report
+from pipeline.stats.analysis import (
+    BUCKET_LABELS,
+    N_BUCKETS,
+    StatsOptions,
+    StatsResult,
+    basis_tables,
+    compare_robust_normal,
+    correlation_findings,
+    correlations,
+    depth_findings,
+    describe_selection,
+    distribution_shift,
+    duckdb_coefficient_histograms,
+    duckdb_coefficient_range,
+    file_opener,
+    galleries,
+    gallery_models,
+    group_histograms,
+    model_profile,
+    pair_differences,
+    pca_bases,
+    run_sql,
+    scan_engine,
+    scan_targets,
+    select_models,
+    shift_findings,
+)
+from pipeline.stats.pairing import auto_pairs, read_pairs_table, table_pairs
+from pipeline.stats.shift import (
+    N_BINS,
+    bin_edges,
+    numba_coefficient_histograms,
+    numba_coefficient_range,
+)
+
+
+@dataclass
+class ShiftOutcome:
+    """The distribution-shift part of a run: tables, the histogram range, or why it was not computed."""
+
+    shift: pd.DataFrame = field(default_factory=pd.DataFrame)
+    histograms: pd.DataFrame = field(default_factory=pd.DataFrame)
+    coef_range: tuple[float, float] | None = None
+    reason: str | None = None
+
+
+def coverage_notes(coverage: pd.DataFrame) -> list[str]:
+    """Warnings for models left out (no 3x3 layer with metrics) or partly left out (NaN/Inf layers)."""
+    notes = []
+    for row in coverage[coverage.n_layers_with_metrics == 0].itertuples():
+        why = ("no 3x3 conv layers" if row.n_layers_nonfinite == 0 else
+               f"its {row.n_layers_nonfinite} 3x3 layers have NaN/Inf weights")
+        notes.append(f"{row.model_id} has no layer with metrics ({why}); it is left out of every analysis.")
+    nonfinite = coverage[(coverage.n_layers_nonfinite > 0) & (coverage.n_layers_with_metrics > 0)]
+    for row in nonfinite.itertuples():
+        notes.append(f"{row.model_id}: {row.n_layers_nonfinite} 3x3 layer(s) with NaN/Inf weights are left out.")
+    return notes
+
+
+def shift_analysis(ds: FilterDataset, models: pd.DataFrame, pairs: pd.DataFrame, basis: object,
+                   options: StatsOptions, timings: dict) -> ShiftOutcome:
+    """Range pass (unless --coef-range), histogram pass, then the symmetric KL per group."""
+    if basis is None:
+        return ShiftOutcome(reason="no distribution shift: the selection has fewer than 2 non-sparse 3x3 filters.")
+    if not models.robust.any() or models.robust.all():
+        return ShiftOutcome(reason="no distribution shift: the selection has only "
+                                   f"{'robust' if models.robust.all() else 'normally trained'} models.")
+    targets = scan_targets(ds, models)
+    engine = scan_engine(options)
+    timings["engine"] = engine
+    if options.coef_range:
+        coef_range = tuple(float(x) for x in options.coef_range)
+    else:
+        if engine == "numba":
+            lo, hi, range_stats = numba_coefficient_range(targets, file_opener(ds), basis, options.threads)
+        else:
+            lo, hi, range_stats = duckdb_coefficient_range(ds, targets, basis)
+        coef_range = (lo, hi)
+        timings.update(range_pass=range_stats.seconds, range_pass_cpu=range_stats.cpu_seconds,
+                       range_pass_filters=range_stats.rows)
+    edges = bin_edges(*coef_range, N_BINS)
+    if engine == "numba":
+        counts, hist_stats = numba_coefficient_histograms(targets, file_opener(ds), basis, edges, N_BUCKETS, options.threads)
+    else:
+        counts, hist_stats = duckdb_coefficient_histograms(ds, targets, basis, edges)
+    timings.update(histogram_pass=hist_stats.seconds, histogram_pass_cpu=hist_stats.cpu_seconds,
+                   histogram_pass_filters=hist_stats.rows)
+    return ShiftOutcome(distribution_shift(counts, targets, models, pairs, basis, edges, options),
+                        group_histograms(counts, targets, models, edges), coef_range)
+
+
+def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> StatsResult:
+    """Compute everything for the selection and write tables, figures and the report into ``out_dir``."""
+    options = options or StatsOptions()
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with open_dataset(root, threads=options.threads) as ds:
+        models = select_models(ds, options)
+        coverage = run_sql(ds, "layer_coverage")
+        notes = coverage_notes(coverage)
+        profile = run_sql(ds, "depth_profile")
+        profile = profile[profile.n_layers > 0].reset_index(drop=True)
+        profile["bucket"] = profile.depth_bucket.map(lambda b: BUCKET_LABELS[int(b)])
+        whole = model_profile(profile)
+        comparison = compare_robust_normal(profile, options.alpha, options.min_models)
+        if options.pairs_csv:
+            pairs, unpaired = table_pairs(models, read_pairs_table(options.pairs_csv))
+        else:
+            pairs, unpaired = auto_pairs(models)
+        differences = pair_differences(pairs, profile)
+        timings["layers"] = time.perf_counter() - started
+
+        bases = pca_bases(run_sql(ds, "pca_statistics"))
+        explained, components = basis_tables(bases)
+        for name, basis in bases.items():
+            if basis is None:
+                notes.append(f"no PCA basis for {name} filters: fewer than 2 non-sparse 3x3 filters in the selection.")
+        shift = shift_analysis(ds, models, pairs, bases["all"], options, timings)
+        corr = correlations(profile, whole, options.min_correlation_models)
+        gallery = galleries(ds, models, gallery_models(models, pairs, options))
+
+    findings = (depth_findings(models, comparison, options)
+                + shift_findings(models, shift.shift, bases["all"], options, shift.reason)
+                + correlation_findings(models, corr, options))
+    paired = set(pairs.robust_model_id) | set(pairs.normal_model_id)
+    model_table = models.drop(columns=[c for c in ("metadata_json",) if c in models]).assign(
+        paired=models.model_id.isin(paired))
+    tables = {
+        "models": model_table,
+        "layer_coverage": coverage,
+        "depth_profile": profile,
+        "model_profile": whole,
+        "robust_vs_normal": comparison,
+        "pairs": pairs,
+        "unpaired": unpaired,
+        "pair_differences": differences,
+        "pca_explained_variance": explained,
+        "pca_components": components,
+        "distribution_shift": shift.shift,
+        "coefficient_histograms": shift.histograms,
+        "correlations": corr,
+        "findings": pd.DataFrame([vars(f) for f in findings], columns=["analysis", "dataset", "subject", "verdict",
+                                                                      "text"]),
+    }
+    timings["total"] = time.perf_counter() - started
+    result = StatsResult(tables, findings, bases, gallery, notes, timings, shift.coef_range,
+                         describe_selection(options))
+    os.makedirs(out_dir, exist_ok=True)
+    report.write_tables(result, out_dir)
+    report.write_report(result, out_dir, root, options)
+    return result
+
+
+def summary_text(result: StatsResult, out_dir: str) -> str:
+    """What ``filterlens stats`` prints: the selection's size, where the report is, one line per finding."""
+    lines = [f"{len(result.tables['models'])} models; report: {out_dir}/report.md, {out_dir}/report.html"]
+    lines += [f"- {finding.text}" for finding in result.findings]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,59 @@
+"""What is known about one model before extraction: threat models, input shapes, the extraction request.
+
+Light on purpose (no torch): zoo files, the CLI and the extractor all import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.errors import ConfigError
+
+THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
+"""Values of ``models.threat_model``; ``none`` is a normally trained model."""
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """``3x32x32`` -> (3, 32, 32)."""
+    if not text:
+        return None
+    try:
+        shape = tuple(int(x) for x in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape {text!r} must be CxHxW, e.g. 3x32x32")
+    return shape
+
+
+@dataclass
+class ModelRequest:
+    """Everything needed to extract one model from local checkpoint file(s)."""
+
+    model_id: str
+    checkpoints: list[str]
+    arch: str | None = None
+    dataset: str = "unknown"
+    threat_model: str = "none"
+    robust: bool = False
+    source_uri: str | None = None
+    input_shape: tuple[int, ...] | None = None
+    architecture: str | None = None
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    eps: float | None = None
+    extra_data: bool | None = None
+    paper: str | None = None
+    venue: str | None = None
+    metadata: dict = field(default_factory=dict)
+    digest: tuple[str, int] | None = None
+    """(sha256, bytes) of the checkpoint files when already known (a build's download computed it)."""
+
+    def __post_init__(self) -> None:
+        if not self.model_id or not self.model_id.strip():
+            raise ConfigError("model_id must not be empty")
+        if self.threat_model not in THREAT_MODELS:
+            raise ConfigError(f"threat model {self.threat_model!r} is not one of {', '.join(THREAT_MODELS)}")
+        if isinstance(self.checkpoints, str):
+            self.checkpoints = [self.checkpoints]
+
