@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.build.runner import BuildConfig, load_entries, plan
-from pipeline.build.zoo_build import build_zoo
-from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError
 
 HELP = """\
@@ -68,6 +65,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.build.runner import BuildConfig, load_entries, plan
+    from pipeline.build.zoo_build import build_zoo
+    from pipeline.dataset.store import DatasetStore
+
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     if args.address and args.address.startswith("http"):
         from pipeline.build.job_submit import submit_build_job

@@ -7,7 +7,6 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.dataset.store import DatasetStore, utcnow
 from pipeline.errors import ConfigError
 from pipeline.zoo.spec import THREAT_MODELS, ModelRequest, parse_input_shape
 
@@ -72,6 +71,7 @@ def request_from_args(args: argparse.Namespace) -> ModelRequest:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.dataset.store import DatasetStore, utcnow
     from pipeline.extract.extractor import run_one
 
     request = request_from_args(args)

@@ -6,11 +6,6 @@ import argparse
 import json
 import sys
 
-import pyarrow.fs as pafs
-
-from pipeline.dataset.query import open_dataset
-from pipeline.dataset.schema import TABLES
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("info", help="summarise a dataset: models, layers, filters, bytes, failures",
@@ -22,6 +17,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def summarise(root: str) -> dict:
     """Counts, sizes and failures of a dataset, as a plain dict."""
+    import pyarrow.fs as pafs
+
+    from pipeline.dataset.query import open_dataset
+    from pipeline.dataset.schema import TABLES
+
     with open_dataset(root) as ds:
         count = ds.con.execute
         summary = {

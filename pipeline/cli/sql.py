@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
-
-from pipeline.dataset.query import open_dataset
 from pipeline.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 HELP = """\
 Run one read-only SQL query (DuckDB dialect) against the views models, layers,
@@ -37,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def format_table(table: pa.Table, max_rows: int) -> str:
     """Plain aligned text, numbers right-aligned, with a row count footer."""
+    import pyarrow as pa
+
     shown = table.slice(0, max_rows).to_pylist()
     names = table.column_names
 
@@ -60,6 +61,11 @@ def format_table(table: pa.Table, max_rows: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from pipeline.dataset.query import open_dataset
+
     if args.format == "parquet" and not args.output:
         raise ConfigError("--format parquet needs --output FILE")
     with open_dataset(args.dataset) as ds:

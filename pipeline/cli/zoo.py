@@ -8,7 +8,6 @@ import sys
 
 import yaml
 
-from pipeline.build.runner import load_entries
 from pipeline.cli.build import add_zoo_filters
 from pipeline.errors import ConfigError
 
@@ -32,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from pipeline.build.runner import load_entries
+
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
     if args.format == "yaml":
@@ -53,6 +54,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from pipeline.build.runner import load_entries
+
     entries = load_entries(args.zoo, args.model_info)
     matches = [e for e in entries if e.id == args.model or e.id.rsplit("/", 1)[-1] == args.model]
     if not matches:

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import duckdb
-import polars as pl
 import pyarrow as pa
 import pyarrow.dataset as pads
 
 from pipeline.dataset.schema import TABLES, arrow_schema
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import QueryError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,8 @@ class FilterDataset:
 
     def lazy(self, table: str) -> pl.LazyFrame:
         """A Polars LazyFrame over a table (committed files only)."""
+        import polars as pl  # imported when used: `filterlens sql` starts without it
+
         files = self.files(table)
         if not files:
             return pl.LazyFrame(schema=pl.from_arrow(arrow_schema(table).empty_table()).schema)
