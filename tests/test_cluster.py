@@ -32,6 +32,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_job_agent(address: str, deadline: float) -> None:
+    """The dashboard answers before its job agent is up; submit a no-op job until one is accepted."""
+    from ray.job_submission import JobSubmissionClient
+
+    while True:
+        try:
+            JobSubmissionClient(address).submit_job(entrypoint="true")
+            return
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 def ray_env() -> dict[str, str]:
     """Auth mode set explicitly (the first ray.init on a machine writes a token a head would then demand)."""
     return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
@@ -63,6 +77,7 @@ def ray_head() -> Iterator[str]:
     else:
         head.terminate()
         pytest.fail("the Ray head did not come up in 120 s")
+    wait_for_job_agent(address, deadline)
     yield address
     head.send_signal(signal.SIGTERM)  # only this head: never `ray stop`, which kills every Ray on the machine
     try:
