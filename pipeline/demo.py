@@ -238,7 +238,7 @@ def prune_dataset(dataset: str, keep_ids: set[str], prefix: str) -> list[str]:
 
 def stats_available() -> bool:
     """Whether ``filterlens stats`` is installed in this version."""
-    return importlib.util.find_spec("pipeline.cli.stats") is not None
+    return importlib.util.find_spec("pipeline.stats.run") is not None
 
 
 def run_demo(config: DemoConfig) -> DemoResult:

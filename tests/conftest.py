@@ -19,7 +19,8 @@ import pytest
 import ray
 import torch
 
-from pipeline.checkpoints.bind import instantiate, parse_arch_spec
+from pipeline.checkpoints.arch_spec import parse_arch_spec
+from pipeline.checkpoints.bind import instantiate
 from pipeline.cli.main import main
 
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from zoo_fixtures import tiny_net
 
+from pipeline.checkpoints.arch_spec import parse_arch_spec
 from pipeline.checkpoints.bind import (
     BindReport,
     align_keys,
@@ -14,7 +15,6 @@ from pipeline.checkpoints.bind import (
     bind_state_dict,
     input_shape_for,
     instantiate,
-    parse_arch_spec,
     trace_convs,
 )
 from pipeline.errors import ArchitectureMismatchError, ForwardPassError, UnknownArchitectureError

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError, UnknownArchitectureError
+from pipeline.train.config import TrainConfig
+from pipeline.train.config import demo_arch_spec as arch_spec
 from pipeline.train.data import (
     SYNTHETIC_CLASSES,
     load_cifar,
@@ -18,8 +20,8 @@ from pipeline.train.data import (
     synthetic_images,
     synthetic_split,
 )
-from pipeline.train.demo_models import ARCHITECTURES, arch_spec, tiny_cnn
-from pipeline.train.recipe import TrainConfig, lr_at, pgd_linf, train_one
+from pipeline.train.demo_models import ARCHITECTURES, tiny_cnn
+from pipeline.train.recipe import lr_at, pgd_linf, train_one
 
 # --- the synthetic dataset --------------------------------------------------------------------
 

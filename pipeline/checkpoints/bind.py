@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.checkpoints.arch_spec import MOVED_MODULES, ArchSpec, parse_arch_spec  # noqa: F401 - re-exported
+from pipeline.checkpoints.arch_spec import ArchSpec
 from pipeline.checkpoints.load import ConvWeight, strip_prefix
 from pipeline.errors import ArchitectureMismatchError, ForwardPassError, UnknownArchitectureError
 

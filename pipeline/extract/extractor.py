@@ -19,7 +19,8 @@ import pyarrow as pa
 import torch
 from tqdm import tqdm
 
-from pipeline.checkpoints.bind import ArchSpec, BindReport, bind_and_trace, parse_arch_spec
+from pipeline.checkpoints.arch_spec import ArchSpec, parse_arch_spec
+from pipeline.checkpoints.bind import BindReport, bind_and_trace
 from pipeline.checkpoints.load import (
     ConvWeight,
     LoadedCheckpoint,
@@ -34,7 +35,6 @@ from pipeline.extract.metrics import layer_metrics, weight_statistics
 from pipeline.zoo.spec import ModelRequest
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass

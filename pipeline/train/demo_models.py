@@ -19,8 +19,6 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pipeline.train.config import DEMO_ARCHS, demo_arch_spec  # noqa: F401 - re-exported
-
 INPUT_SHAPE = (3, 32, 32)
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.25, 0.25, 0.25)
@@ -194,11 +192,3 @@ ARCHITECTURES: dict[str, tuple[str, Callable[[], nn.Module]]] = {
     "small_wrn_c100": ("SmallPreActWRN-8-2 (16/32/64)", small_wrn_c100),
 }
 """factory name -> (human-readable architecture name, factory)."""
-
-
-
-def arch_spec(name: str) -> str:
-    """``small_vgg`` -> ``pipeline.train.demo_models:small_vgg`` (the form --arch and zoo files take)."""
-    if name not in ARCHITECTURES:
-        raise KeyError(f"unknown demo architecture {name!r}; one of {', '.join(ARCHITECTURES)}")
-    return demo_arch_spec(name)

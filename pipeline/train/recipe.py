@@ -34,10 +34,11 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
-from pipeline.checkpoints.bind import instantiate, parse_arch_spec
+from pipeline.checkpoints.arch_spec import parse_arch_spec
+from pipeline.checkpoints.bind import instantiate
 from pipeline.digest import sha256_file
 from pipeline.errors import ConfigError, TrainingError
-from pipeline.train.config import RECIPE_VERSION, TrainConfig  # noqa: F401 - re-exported
+from pipeline.train.config import RECIPE_VERSION, TrainConfig
 from pipeline.train.data import ImageData, load_split
 
 log = logging.getLogger(__name__)

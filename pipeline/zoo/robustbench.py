@@ -16,7 +16,8 @@ import logging
 import os
 from pathlib import Path
 
-from pipeline.checkpoints.bind import ArchSpec, import_robustbench, robustbench_timm_name
+from pipeline.checkpoints.arch_spec import ArchSpec
+from pipeline.checkpoints.bind import import_robustbench, robustbench_timm_name
 from pipeline.errors import ConfigError
 from pipeline.zoo.zoo_file import ZooEntry, _number
 
