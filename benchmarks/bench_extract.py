@@ -27,7 +27,7 @@ PHASES = {
     "floor": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq
 from pipeline.extract.extractor import filter_batch
-from pipeline.dataset.store import COMPRESSION, CONSTANT_COLUMNS, FLOAT_ENCODING, WEIGHT_COLUMNS, FILTER_ROWS_PER_GROUP, filters_write_schema
+from pipeline.dataset.layout import COMPRESSION, CONSTANT_COLUMNS, FLOAT_ENCODING, WEIGHT_COLUMNS, FILTER_ROWS_PER_GROUP, filters_write_schema
 t = time.perf_counter()
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
 writer = pq.ParquetWriter(OUT + "/floor.parquet", filters_write_schema(), compression=COMPRESSION,
@@ -67,7 +67,7 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
     "encodings": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq, os
 from pipeline.extract.extractor import filter_batch
-from pipeline.dataset.store import WEIGHT_COLUMNS
+from pipeline.dataset.layout import WEIGHT_COLUMNS
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
 batches = [filter_batch("m", "cifar10", "m", i, w, torch.zeros(w.shape[0] * w.shape[1], dtype=torch.bool))
            for i, (k, w) in enumerate(sd.items()) if w.ndim == 4 and tuple(w.shape[2:]) == (3, 3)]

@@ -1,6 +1,6 @@
 """Generate a large synthetic filter dataset directly in the dataset layout (a benchmark helper).
 
-Models are written through the real store (``DatasetStore.writer`` / ``ModelWriter``)
+Models are written through the real store (``ModelWriter``)
 with the real metric functions, so the files are exactly what ``filterlens extract``
 writes; only the weights are synthetic: a wide-ResNet-like stack of 3x3 layers
 (plus 1x1 shortcuts) per model, robust models with i.i.d. Gaussian filters, normal
@@ -25,8 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from pipeline.dataset.layout import slugify  # noqa: E402
 from pipeline.dataset.schema import to_table  # noqa: E402
-from pipeline.dataset.store import DatasetStore, slugify  # noqa: E402
+from pipeline.dataset.store import DatasetStore  # noqa: E402
+from pipeline.dataset.writer import ModelWriter  # noqa: E402
 from pipeline.extract.extractor import filter_batch  # noqa: E402
 from pipeline.extract.metrics import layer_metrics, weight_statistics  # noqa: E402
 
@@ -71,7 +73,7 @@ def write_model(root: str, index: int, width: int, depth: int, seed: int) -> int
     robust = (index // len(DATASETS)) % 2 == 0
     model_id = f"synthetic/{dataset}/{'robust' if robust else 'normal'}{index:04d}"
     slug = slugify(model_id)
-    writer = store.writer(model_id, dataset)
+    writer = ModelWriter(store, model_id, dataset)
     layers = architecture(width, depth)
     rows = []
     for conv_index, (c_out, c_in, k) in enumerate(layers):

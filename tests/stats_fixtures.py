@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.dataset.layout import slugify
 from pipeline.dataset.schema import to_table
-from pipeline.dataset.store import DatasetStore, slugify
+from pipeline.dataset.store import DatasetStore
+from pipeline.dataset.writer import ModelWriter
 from pipeline.extract.extractor import filter_batch
 from pipeline.extract.metrics import layer_metrics, weight_statistics
 
@@ -26,7 +28,7 @@ def write_model(store: DatasetStore, model_id: str, dataset: str, weights: list[
                 robust_acc: float | None = None, threat_model: str | None = None) -> None:
     """Commit one model whose conv layers (in execution order) have the given weights."""
     slug = slugify(model_id)
-    writer = store.writer(model_id, dataset)
+    writer = ModelWriter(store, model_id, dataset)
     rows = []
     n = len(weights)
     for index, w in enumerate(weights):

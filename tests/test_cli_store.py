@@ -17,8 +17,10 @@ import torch
 from conftest import save
 from zoo_fixtures import tiny_net
 
+from pipeline.dataset.layout import slugify
 from pipeline.dataset.query import open_dataset
-from pipeline.dataset.store import DatasetStore, slugify
+from pipeline.dataset.store import DatasetStore
+from pipeline.dataset.writer import ModelWriter
 
 ARCH = "zoo_fixtures:tiny_net"
 TESTS_DIR = Path(__file__).parent
@@ -128,25 +130,25 @@ def test_failure_row_is_cleared_by_a_later_success(tmp_path: Path, cli) -> None:
 CRASH_POINTS = {
     # kill after all filters are written, before the layers file and the commit
     "before-commit": """
-        from pipeline.dataset import store
-        original = store.ModelWriter.commit
+        from pipeline.dataset import writer
         def crash(self, layers, row):
             self.finish_filters()
             os.kill(os.getpid(), signal.SIGKILL)
-        store.ModelWriter.commit = crash
+        writer.ModelWriter.commit = crash
     """,
     # kill while the model's row (the commit) is being written
     "during-commit": """
         from pipeline.dataset import store
-        original = store.DatasetStore._write_table_atomic
+        from pipeline.atomic_write import temp_sibling
+        original = store.DatasetStore.write_table
         def crash(self, table, path, **kw):
             if "/models/" in path:
-                target = self.temp_path(path)
+                target = temp_sibling(path)
                 import pyarrow.parquet as pq
                 pq.write_table(table.slice(0, 0), target, filesystem=self.fs)
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(self, table, path, **kw)
-        store.DatasetStore._write_table_atomic = crash
+        store.DatasetStore.write_table = crash
     """,
 }
 
@@ -189,7 +191,7 @@ def test_sigkill_mid_write_leaves_dataset_readable_and_rerun_completes_once(
 def test_cleanup_orphans_removes_only_uncommitted_files(dataset_with_good_model: Path, tmp_path: Path) -> None:
     root = dataset_with_good_model
     store = DatasetStore(str(root))
-    writer = store.writer("ghost", "cifar10")
+    writer = ModelWriter(store, "ghost", "cifar10")
     from pipeline.extract.extractor import filter_batch
 
     writer.add_filters(filter_batch("ghost", "cifar10", slugify("ghost"), 0, torch.randn(2, 2, 3, 3),

@@ -24,9 +24,10 @@ import yaml
 from fakehub import FakeHub
 from torch import nn
 
+from pipeline.dataset.layout import slugify
 from pipeline.dataset.query import open_dataset
 from pipeline.dataset.schema import arrow_schema
-from pipeline.dataset.store import DatasetStore, slugify
+from pipeline.dataset.store import DatasetStore
 from pipeline.errors import (
     CorruptCheckpointError,
     DatasetNotFoundError,

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from pipeline.dataset.store import DatasetStore, StoredModel
+from pipeline.dataset.layout import StoredModel
+from pipeline.dataset.store import DatasetStore
 from pipeline.errors import describe
 from pipeline.fetch.download import FetchedCheckpoint, FetchPolicy, fetch_entry
 from pipeline.zoo.zoo_file import ZooEntry, load_zoo_file, select

@@ -20,7 +20,8 @@ from pipeline.build.runner import (
     load_entries,
     plan,
 )
-from pipeline.dataset.store import DatasetStore, utcnow
+from pipeline.dataset.layout import utcnow
+from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError
 from pipeline.zoo.zoo_file import ZooEntry
 

@@ -71,7 +71,8 @@ def request_from_args(args: argparse.Namespace) -> ModelRequest:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.dataset.store import DatasetStore, utcnow
+    from pipeline.dataset.layout import utcnow
+    from pipeline.dataset.store import DatasetStore
     from pipeline.extract.extractor import run_one
 
     request = request_from_args(args)

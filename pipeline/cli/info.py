@@ -17,7 +17,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def summarise(root: str) -> dict:
     """Counts, sizes and failures of a dataset, as a plain dict."""
-    import pyarrow.fs as pafs
 
     from pipeline.dataset.query import open_dataset
     from pipeline.dataset.schema import TABLES
@@ -39,17 +38,12 @@ def summarise(root: str) -> dict:
                                         "ORDER BY model_id").fetchall()],
         }
         sizes = {}
-        committed = set()
         for table in TABLES:
             files = ds.files(table)
-            committed.update(files)
             infos = ds.store.fs.get_file_info(files) if files else []
             sizes[table] = sum(i.size or 0 for i in infos)
         summary["bytes"] = sizes
-        orphans = [i.path for t in ("layers", "filters")
-                   for i in ds.store._list(ds.store.path(t), recursive=True)
-                   if i.type == pafs.FileType.File and i.path not in committed]
-        summary["orphan_files"] = len(orphans)
+        summary["orphan_files"] = len(ds.store.orphan_files())
     return summary
 
 

@@ -78,8 +78,7 @@ class FilterDataset:
         """The files a view reads: committed versions only."""
         if table in ("layers", "filters"):
             return self.store.committed_files(table, self._stored.values())
-        info = self.store._list(self.store.path(table))
-        return sorted(i.path for i in info if i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_")))
+        return self.store.part_files(table)
 
     def arrow_dataset(self, table: str) -> pads.Dataset:
         """A pyarrow dataset over the view's files, with the schema from schemas/."""

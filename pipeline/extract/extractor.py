@@ -27,8 +27,10 @@ from pipeline.checkpoints.load import (
     load_checkpoint,
     state_dict_convs,
 )
+from pipeline.dataset.layout import filters_write_schema, slugify
 from pipeline.dataset.schema import arrow_schema, to_table
-from pipeline.dataset.store import DatasetStore, filters_write_schema, slugify
+from pipeline.dataset.store import DatasetStore
+from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import sha256_of_files
 from pipeline.errors import ConfigError, NoConvWeightsError
 from pipeline.extract.metrics import layer_metrics, weight_statistics
@@ -146,7 +148,7 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     if not convs:
         raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")
     slug = slugify(request.model_id)
-    writer = store.writer(request.model_id, request.dataset)
+    writer = ModelWriter(store, request.model_id, request.dataset)
     layer_rows: list[dict] = []
     n_conv3x3 = n_nonfinite_layers = 0
     try:

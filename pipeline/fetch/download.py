@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pipeline.dataset.store import slugify
+from pipeline.dataset.layout import slugify
 from pipeline.digest import sha256_of_files
 from pipeline.errors import (
     ChecksumMismatchError,

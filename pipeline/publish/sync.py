@@ -59,16 +59,17 @@ from tqdm import tqdm
 
 from pipeline import __version__
 from pipeline.dataset.hub import check_online, hub_endpoint, resolve_token
-from pipeline.dataset.schema import arrow_schema, schema_version
-from pipeline.dataset.store import (
+from pipeline.dataset.layout import (
     COMPRESSION,
     CONSTANT_COLUMNS,
     FLOAT_ENCODING,
     MANIFEST,
     WEIGHT_COLUMNS,
-    DatasetStore,
     StoredModel,
+    stored_models_of,
 )
+from pipeline.dataset.schema import arrow_schema, schema_version
+from pipeline.dataset.store import DatasetStore
 from pipeline.digest import sha256_file
 from pipeline.errors import (
     ConfigError,
@@ -350,10 +351,8 @@ def stage(dataset: str, out_dir: str | os.PathLike, repo_id: str, revision: str 
         raise ConfigError(f"{out}: the staging folder must be new or empty")
     out.mkdir(parents=True, exist_ok=True)
     models = store.models().sort_by("model_id")
-    stored = DatasetStore._stored(models.select(DatasetStore._STORED_COLUMNS).to_pylist())
-    present = {info.path for table in ("layers", "filters") for info in store._list(store.path(table), recursive=True)}
-    missing = [m for m, model in stored.items()
-               if not all(p in present for p in [store.layer_file(model), *store.filter_files(model)])]
+    stored = stored_models_of(models)
+    missing = store.incomplete_models(stored.values())
     if missing:
         raise StoreError(f"{dataset}: {len(missing)} committed models have missing files (e.g. {missing[0]}); "
                          "rebuild them (filterlens build/extract --force) or delete them before publishing")
@@ -368,7 +367,7 @@ def stage(dataset: str, out_dir: str | os.PathLike, repo_id: str, revision: str 
         n_filter_files[model_id] = len(paths) - 1
         rechunked += [model_id] if changed else []
         files.update({str(p.relative_to(out)): p for p in paths})
-    row_files = {info.path for info in store._list(store.path("models"))}
+    row_files = set(store.part_files("models"))
     for position, model_id in enumerate(models.column("model_id").to_pylist()):
         row = _stage_row(store, models, position, n_filter_files[model_id], out, prefix, row_files)
         files[str(row.relative_to(out))] = row

@@ -23,7 +23,6 @@ import io
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.atomic_write import write_bytes_atomic
 from pipeline.checkpoints.arch_spec import parse_arch_spec
 from pipeline.checkpoints.bind import instantiate
 from pipeline.digest import sha256_file
@@ -269,23 +269,6 @@ def train_one(config: TrainConfig, on_epoch: Callable[[dict], None] | None = Non
 
 # --- checkpoints and the zoo file ----------------------------------------------------------
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and a rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def architecture_name(arch: str, model_class: str = "") -> str:
     """Human-readable architecture name: the demo factories' names, timm/torchvision names, else the model's class."""
     spec = parse_arch_spec(arch)
@@ -365,7 +348,7 @@ def write_zoo(path: str, name: str, entries: Sequence[dict]) -> None:
         with open(path, "rb") as fh:
             if fh.read() == data:
                 return  # unchanged: leave the file (and its mtime) alone
-    atomic_write_bytes(path, data)
+    write_bytes_atomic(path, data)
 
 
 def reusable(entry: dict | None, config: TrainConfig, zoo_dir: str) -> bool:
@@ -464,7 +447,7 @@ def train_zoo(configs: Iterable[TrainConfig], zoo_path: str, *, name: str = "fil
             log.error("%s: training failed: %s", config.model_id, summary.failed[config.model_id])
             return
         relative = os.path.join(checkpoint_dir, config.checkpoint_name)
-        atomic_write_bytes(os.path.join(zoo_dir, relative), outcome.state_dict_bytes)
+        write_bytes_atomic(os.path.join(zoo_dir, relative), outcome.state_dict_bytes)
         digest = hashlib.sha256(outcome.state_dict_bytes).hexdigest()
         entries[config.model_id] = zoo_entry(config, outcome, relative, digest)
         summary.trained.append(config.model_id)
