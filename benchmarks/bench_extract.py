@@ -44,13 +44,13 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": n}
 """,
     "extract": """
 import time
-from pipeline.checkpoints.bind import import_robustbench
+from pipeline.checkpoints.robustbench import import_robustbench
 from pipeline.extract.extractor import extract_model
 from pipeline.zoo.spec import ModelRequest
 from pipeline.dataset.store import DatasetStore
 import_robustbench()  # a one-off import (~2 s) that an extractor actor pays once, not per model
 t = time.perf_counter()
-r = extract_model(ModelRequest("bench/wrn-28-10", [CKPT], arch=ARCH, dataset="cifar10", threat_model="Linf",
+r = extract_model(ModelRequest("bench/wrn-28-10", checkpoints=[CKPT], arch=ARCH, dataset="cifar10", threat_model="Linf",
                                robust=True), DatasetStore(OUT + "/ds-arch"), device=DEVICE, force=True, progress=False)
 RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
 """,
@@ -60,7 +60,7 @@ from pipeline.extract.extractor import extract_model
 from pipeline.zoo.spec import ModelRequest
 from pipeline.dataset.store import DatasetStore
 t = time.perf_counter()
-r = extract_model(ModelRequest("bench/wrn-28-10-sd", [CKPT], dataset="cifar10"), DatasetStore(OUT + "/ds-sd"),
+r = extract_model(ModelRequest("bench/wrn-28-10-sd", checkpoints=[CKPT], dataset="cifar10"), DatasetStore(OUT + "/ds-sd"),
                   device=DEVICE, force=True, progress=False)
 RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
 """,

@@ -32,6 +32,7 @@ from torch import nn  # noqa: E402
 from pipeline.dataset.store import DatasetStore  # noqa: E402
 from pipeline.extract.extractor import extract_model
 from pipeline.publish import sync as publishing  # noqa: E402
+from pipeline.publish.stage import stage  # noqa: E402
 from pipeline.zoo.spec import ModelRequest  # noqa: E402
 
 
@@ -69,7 +70,7 @@ def main() -> None:
             add_model(root, work, index, args.width)
         DatasetStore(str(root)).update_manifest({"command": "bench"})
 
-        tree, stage_s = timed(publishing.stage, str(root), Path(tmp) / "staged", "lab/bench-filters")
+        tree, stage_s = timed(stage, str(root), Path(tmp) / "staged", "lab/bench-filters")
         first, first_s = timed(publishing.publish, str(root), "lab/bench-filters", token="hf_writer", progress=False)
         noop, noop_s = timed(publishing.publish, str(root), "lab/bench-filters", token="hf_writer", progress=False)
         add_model(root, work, args.models, args.width)

@@ -30,7 +30,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from synthetic_dataset import generate  # noqa: E402
 
 from pipeline.dataset.query import open_dataset  # noqa: E402
-from pipeline.stats.analysis import StatsOptions, file_opener, scan_targets, select_models  # noqa: E402
+from pipeline.stats.options import StatsOptions  # noqa: E402
+from pipeline.stats.scan import file_opener, scan_targets  # noqa: E402
+from pipeline.stats.selection import select_models  # noqa: E402
 from pipeline.stats.shift import scan  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from pipeline.checkpoints.arch_spec import parse_arch_spec
-from pipeline.checkpoints.bind import instantiate
+from pipeline.checkpoints.architectures import instantiate
 
 
 def make_checkpoint(arch: str, out: str, wrap: str = "none", prefix: str = "", seed: int = 0) -> Path:

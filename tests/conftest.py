@@ -20,7 +20,7 @@ import ray
 import torch
 
 from pipeline.checkpoints.arch_spec import parse_arch_spec
-from pipeline.checkpoints.bind import instantiate
+from pipeline.checkpoints.architectures import instantiate
 from pipeline.cli.main import main
 
 

@@ -8,15 +8,14 @@ from torch import nn
 from zoo_fixtures import tiny_net
 
 from pipeline.checkpoints.arch_spec import parse_arch_spec
+from pipeline.checkpoints.architectures import input_shape_for, instantiate
 from pipeline.checkpoints.bind import (
     BindReport,
     align_keys,
     bind_members,
     bind_state_dict,
-    input_shape_for,
-    instantiate,
-    trace_convs,
 )
+from pipeline.checkpoints.trace import trace_convs
 from pipeline.errors import ArchitectureMismatchError, ForwardPassError, UnknownArchitectureError
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.checkpoints.bind import import_robustbench
+from pipeline.checkpoints.robustbench import import_robustbench
 from pipeline.errors import ConfigError
 from pipeline.fetch.download import mirror_path, parse_hf_uri, resolve_remote
 from pipeline.zoo.robustbench import load_model_info, robustbench_catalog
@@ -31,7 +31,7 @@ def test_every_installed_entry_is_listed_once_by_its_checkpoint(catalog: list) -
     installed = installed_entries()
     listed_boards = [(b["dataset"], b["threat_model"], b["name"]) for e in catalog for b in e.metadata["leaderboards"]]
     assert sorted(listed_boards) == sorted((d, t, n) for d, t, n, _ in installed)  # each exactly once
-    assert len({e.id for e in catalog}) == len(catalog)
+    assert len({e.model_id for e in catalog}) == len(catalog)
     # entries merge only when they share the very same checkpoint sources
     keys = [(e.dataset, tuple(e.sources)) for e in catalog if e.sources]
     assert len(keys) == len(set(keys))
@@ -39,7 +39,7 @@ def test_every_installed_entry_is_listed_once_by_its_checkpoint(catalog: list) -
 
 
 def test_entries_map_to_architecture_and_sources(catalog: list) -> None:
-    by_id = {e.id: e for e in catalog}
+    by_id = {e.model_id: e for e in catalog}
     for dataset, threat_model, name, raw in installed_entries():
         entry = by_id.get(f"robustbench/{dataset}/{threat_model}/{name}")
         if entry is None:
@@ -62,7 +62,7 @@ def test_entries_map_to_architecture_and_sources(catalog: list) -> None:
 def test_leaderboard_metadata_is_joined(catalog: list) -> None:
     rows = {(r["dataset"], r["threat_model"], r["model"]): r
             for r in map(json.loads, MODEL_INFO.read_text().splitlines())}
-    by_id = {e.id: e for e in catalog}
+    by_id = {e.model_id: e for e in catalog}
     carmon = by_id["robustbench/cifar10/Linf/Carmon2019Unlabeled"]
     info = rows[("cifar10", "Linf", "Carmon2019Unlabeled")]
     assert carmon.clean_acc == float(info["clean_acc"]) and carmon.robust_acc == float(info["autoattack_acc"])
@@ -78,8 +78,8 @@ def test_leaderboard_metadata_is_joined(catalog: list) -> None:
 def test_catalog_filters(catalog: list) -> None:
     linf10 = select(catalog, datasets=["cifar10"], threat_models=["Linf"])
     assert linf10 and all(e.dataset == "cifar10" for e in linf10)
-    assert "robustbench/cifar10/Linf/Standard" in {e.id for e in linf10}
-    assert [e.id for e in select(catalog, models=["Carmon2019Unlabeled"])] == [
+    assert "robustbench/cifar10/Linf/Standard" in {e.model_id for e in linf10}
+    assert [e.model_id for e in select(catalog, models=["Carmon2019Unlabeled"])] == [
         "robustbench/cifar10/Linf/Carmon2019Unlabeled"]
     assert len(select(catalog, limit=5)) == 5
     with pytest.raises(ConfigError, match="no model named NoSuch"):

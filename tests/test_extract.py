@@ -75,7 +75,7 @@ def zoo_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     for spec, (model_id, dataset, wrap, _) in CASES.items():
         model = zoo_model(spec)
         path = save(wrap(model.state_dict()), root / f"{model_id.rsplit('/', 1)[1]}.pt")
-        request = ModelRequest(model_id, [str(path)], arch=spec, dataset=dataset, threat_model="Linf", robust=True,
+        request = ModelRequest(model_id, checkpoints=[str(path)], arch=spec, dataset=dataset, threat_model="Linf", robust=True,
                                architecture=spec.rsplit(":", 1)[1], clean_acc=80.0, robust_acc=50.0, eps=8 / 255)
         results[spec] = extract_model(request, store, device="cpu", progress=False)
     return root / "dataset", results
@@ -182,7 +182,7 @@ def test_state_dict_order_without_architecture_keeps_every_conv(tmp_path: Path) 
     model = zoo_model(WRN)
     path = save({"state_dict": model.state_dict()}, tmp_path / "wrn.pt")
     store = DatasetStore(str(tmp_path / "ds"))
-    result = extract_model(ModelRequest("wrn-bare", [str(path)], dataset="cifar10"), store, device="cpu",
+    result = extract_model(ModelRequest("wrn-bare", checkpoints=[str(path)], dataset="cifar10"), store, device="cpu",
                            progress=False)
     row = store.models().to_pylist()[0]
     assert row["depth_source"] == "state_dict" and row["n_params_unused"] is None and row["arch_spec"] is None
@@ -197,7 +197,7 @@ def test_custom_factory_depthwise_unused_and_order(tmp_path: Path) -> None:
     model = tiny_net()
     path = save(model.state_dict(), tmp_path / "tiny.pt")
     store = DatasetStore(str(tmp_path / "ds"))
-    extract_model(ModelRequest("tiny", [str(path)], arch="zoo_fixtures:tiny_net", dataset="cifar10"), store,
+    extract_model(ModelRequest("tiny", checkpoints=[str(path)], arch="zoo_fixtures:tiny_net", dataset="cifar10"), store,
                   device="cpu", progress=False)
     with open_dataset(str(tmp_path / "ds")) as ds:
         layers = ds.sql("SELECT layer_name, groups, in_channels, n_filters FROM layers ORDER BY conv_index").fetchall()
@@ -213,7 +213,7 @@ def test_ensemble_of_two_files_binds_each_member(tmp_path: Path) -> None:
     ensemble = tiny_ensemble()
     paths = [save(m.state_dict(), tmp_path / f"m{i}.pt") for i, m in enumerate(ensemble.models)]
     store = DatasetStore(str(tmp_path / "ds"))
-    extract_model(ModelRequest("ens", [str(p) for p in paths], arch="zoo_fixtures:tiny_ensemble", dataset="cifar10"),
+    extract_model(ModelRequest("ens", checkpoints=[str(p) for p in paths], arch="zoo_fixtures:tiny_ensemble", dataset="cifar10"),
                   store, device="cpu", progress=False)
     with open_dataset(str(tmp_path / "ds")) as ds:
         names = [r[0] for r in ds.sql("SELECT layer_name FROM layers ORDER BY conv_index").fetchall()]
@@ -232,7 +232,7 @@ def test_torchvision_spec_infers_classes_from_the_checkpoint(tmp_path: Path) -> 
     model = torchvision.models.resnet18(num_classes=10)
     path = save(model.state_dict(), tmp_path / "r18.pt")
     store = DatasetStore(str(tmp_path / "ds"))
-    result = extract_model(ModelRequest("tv", [str(path)], arch="torchvision:resnet18", dataset="cifar10"),
+    result = extract_model(ModelRequest("tv", checkpoints=[str(path)], arch="torchvision:resnet18", dataset="cifar10"),
                            store, device="cpu", progress=False)
     assert result.n_conv_layers == 20
     assert store.models().to_pylist()[0]["input_shape"] == "1x3x32x32"

@@ -130,3 +130,53 @@ def test_sql_info_and_zoo_list_import_no_heavy_package(tmp_path: Path) -> None:
     assert heavy_modules_after(["sql", str(dataset_root), "SELECT count(*) FROM models"], tmp_path) == []
     assert heavy_modules_after(["info", str(dataset_root)], tmp_path) == []
     assert heavy_modules_after(["zoo", "list", str(zoo)], tmp_path) == []
+
+
+# --- the base install: the query path works without any extra -------------------------------------
+EXTRA_MODULES = ("torch", "torchvision", "timm", "onnx", "safetensors", "robustbench", "requests", "ray", "scipy",
+                 "matplotlib", "numba", "s3fs", "datasets")
+"""What `pip install filterlens` (no extras) does not install (pyproject.toml)."""
+
+
+def run_without_extras(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a fresh interpreter where every optional package fails to import, as in a base install."""
+    code = (f"import sys\nfor name in {EXTRA_MODULES!r}:\n    sys.modules[name] = None\n"
+            f"from pipeline.cli.main import main\nsys.exit(main({argv!r}))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_query_commands_work_with_the_base_install(tmp_path: Path) -> None:
+    import numpy as np
+    from stats_fixtures import write_model
+
+    from pipeline.dataset.store import DatasetStore
+
+    root = tmp_path / "ds"
+    store = DatasetStore(str(root))
+    write_model(store, "lab/a", "cifar10", [np.ones((4, 3, 3, 3)), np.ones((2, 4, 3, 3))], robust=True)
+    store.update_manifest()
+    sql = run_without_extras(["sql", str(root), "SELECT model_id, n_filters FROM models", "--format", "csv"], tmp_path)
+    assert sql.returncode == 0, sql.stderr
+    assert sql.stdout.splitlines() == ['"model_id","n_filters"', '"lab/a",20']
+    info = run_without_extras(["info", str(root), "--json"], tmp_path)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["filters"] == 20
+    zoo = tmp_path / "zoo.yaml"
+    zoo.write_text("name: z\nmodels:\n  - {id: a/b, source: a.pt}\n")
+    listed = run_without_extras(["zoo", "list", str(zoo)], tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "a/b" in listed.stdout
+
+
+@pytest.mark.parametrize(("argv", "extra"), [
+    (["extract", "m.pt", "--out", "ds"], "build"),
+    (["stats", "ds", "--out", "report"], "stats"),
+])
+def test_a_command_without_its_extra_names_the_extra(argv: list[str], extra: str, tmp_path: Path) -> None:
+    from pipeline.dataset.store import DatasetStore
+
+    (tmp_path / "m.pt").write_bytes(b"not used")
+    DatasetStore(str(tmp_path / "ds")).update_manifest()
+    proc = run_without_extras(argv, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"pip install 'filterlens[{extra}]'" in proc.stderr

@@ -24,10 +24,12 @@ import yaml
 from fakehub import FakeHub
 from torch import nn
 
+from pipeline.dataset.hub import hub_endpoint
 from pipeline.dataset.layout import slugify
 from pipeline.dataset.query import open_dataset
 from pipeline.dataset.schema import arrow_schema
 from pipeline.dataset.store import DatasetStore
+from pipeline.digest import sha256_file
 from pipeline.errors import (
     CorruptCheckpointError,
     DatasetNotFoundError,
@@ -37,7 +39,9 @@ from pipeline.errors import (
     PublishError,
 )
 from pipeline.extract.extractor import extract_model
+from pipeline.publish import limits
 from pipeline.publish import sync as publishing
+from pipeline.publish.stage import StagedFile, stage
 from pipeline.zoo.spec import ModelRequest
 
 # huggingface_hub 2.4 itself passes a file object as ``data=`` to httpx2 for LFS uploads
@@ -111,8 +115,8 @@ def test_stage_holds_only_committed_models_and_is_a_deterministic_valid_dataset(
     shutil.copyfile(store.filter_files(store.stored_models()["zoo/cifar10/normal-a"])[0], orphan)
     store.record_failure("zoo/broken", "cifar10", "https://models.example.org/broken.pt",
                          CorruptCheckpointError("zoo/broken: truncated"))
-    first = publishing.stage(str(dataset), tmp_path / "a", REPO)
-    publishing.stage(str(dataset), tmp_path / "b", REPO)
+    first = stage(str(dataset), tmp_path / "a", REPO)
+    stage(str(dataset), tmp_path / "b", REPO)
 
     assert tree_bytes(tmp_path / "a") == tree_bytes(tmp_path / "b")  # same dataset -> byte-identical tree
     paths = set(first.files)
@@ -122,7 +126,7 @@ def test_stage_holds_only_committed_models_and_is_a_deterministic_valid_dataset(
     assert first.rows == {"models": 3, "layers": 3 * LAYERS_PER_MODEL, "filters": 3 * FILTERS_PER_MODEL}
     for item in first.files.values():
         assert item.size == Path(item.local).stat().st_size
-        assert item.sha256 == publishing.sha256_file(item.local)
+        assert item.sha256 == sha256_file(item.local)
     # the staged tree is itself a filter dataset with the same contents as the source
     with open_dataset(str(tmp_path / "a")) as staged, open_dataset(str(dataset)) as source:
         for query in ("SELECT * FROM models ORDER BY model_id",
@@ -139,9 +143,9 @@ def test_stage_holds_only_committed_models_and_is_a_deterministic_valid_dataset(
 
 
 def test_oversized_files_are_rechunked_exactly(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(publishing, "MAX_ROW_GROUP_BYTES", 1500)  # ~10 filters rows per group
-    monkeypatch.setattr(publishing, "MAX_FILE_BYTES", 3500)  # the filters files are ~4 KB
-    tree = publishing.stage(str(dataset), tmp_path / "staged", REPO)
+    monkeypatch.setattr(limits, "MAX_ROW_GROUP_BYTES", 1500)  # ~10 filters rows per group
+    monkeypatch.setattr(limits, "MAX_FILE_BYTES", 3500)  # the filters files are ~4 KB
+    tree = stage(str(dataset), tmp_path / "staged", REPO)
     assert sorted(tree.rechunked) == sorted(m[0] for m in MODELS)
     filters = [f for p, f in tree.files.items() if p.startswith("filters/")]
     assert len(filters) > 3
@@ -160,23 +164,23 @@ def test_oversized_files_are_rechunked_exactly(dataset: Path, tmp_path: Path, mo
                       "SELECT * FROM layers ORDER BY model_id, conv_index"):
             assert out.sql(query).to_arrow_table().equals(source.sql(query).to_arrow_table())  # exact, every row
         assert out.sql("SELECT count(*) FROM filters").fetchall() == [(3 * FILTERS_PER_MODEL,)]
-    publishing.stage(str(dataset), tmp_path / "again", REPO)
+    stage(str(dataset), tmp_path / "again", REPO)
     assert tree_bytes(tmp_path / "staged") == tree_bytes(tmp_path / "again")
     assert pq.read_schema(filters[0].local).names == arrow_schema("filters").names
 
 
 def test_layouts_beyond_the_hub_limits_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    publishing.check_layout(["README.md", *(f"models/part-{k}.parquet" for k in range(3))])
-    monkeypatch.setattr(publishing, "MAX_ENTRIES_PER_FOLDER", 3)
+    limits.check_layout(["README.md", *(f"models/part-{k}.parquet" for k in range(3))])
+    monkeypatch.setattr(limits, "MAX_ENTRIES_PER_FOLDER", 3)
     with pytest.raises(HubLimitError, match="'layers/dataset=cifar10' would hold 4 entries"):
-        publishing.check_layout([f"layers/dataset=cifar10/model=m{k}/part-0.parquet" for k in range(4)])
-    monkeypatch.setattr(publishing, "MAX_FILES_PER_REPO", 5)
+        limits.check_layout([f"layers/dataset=cifar10/model=m{k}/part-0.parquet" for k in range(4)])
+    monkeypatch.setattr(limits, "MAX_FILES_PER_REPO", 5)
     with pytest.raises(HubLimitError, match="6 files"):
-        publishing.check_layout([f"a{k}/x" for k in range(6)])
+        limits.check_layout([f"a{k}/x" for k in range(6)])
 
 
 def test_commit_batches_respect_file_and_byte_budgets() -> None:
-    files = [publishing.StagedFile(f"f{k}", "", size, "0") for k, size in enumerate([5, 5, 5, 20, 1, 1])]
+    files = [StagedFile(f"f{k}", "", size, "0") for k, size in enumerate([5, 5, 5, 20, 1, 1])]
     batches = publishing.commit_batches(files, max_files=2, max_bytes=12)
     assert [[f.path for f in b] for b in batches] == [["f0", "f1"], ["f2"], ["f3"], ["f4", "f5"]]
 
@@ -229,7 +233,7 @@ def test_publish_splits_commits_and_a_rerun_after_an_interruption_resumes(datase
     assert all(len(c.added) <= 2 for c in hub.commits[:-1])
     assert len(hub.lfs_uploads) == len(set(hub.lfs_uploads))  # no object uploaded twice, across all three runs
     assert set(uploads_before) <= set(hub.lfs_uploads)
-    staged = publishing.stage(str(dataset), tmp_path / "check", REPO)
+    staged = stage(str(dataset), tmp_path / "check", REPO)
     assert repo_files(hub) == {p: Path(f.local).read_bytes() for p, f in staged.files.items()}
     assert hub.commits[-1].added[-1] == "README.md"
 
@@ -415,7 +419,7 @@ def test_hf_uri_roots_read_through_hffilesystem(dataset: Path, published: Path, 
         assert remote.sql("SELECT count(*) FROM filters").fetchall() == [(ROWS["filters"],)]
 
     # a published repo is itself a dataset root: staging from it gives the same tree, byte for byte
-    from_hub = publishing.stage(uri, tmp_path / "from-hub", REPO)
+    from_hub = stage(uri, tmp_path / "from-hub", REPO)
     assert {p: Path(f.local).read_bytes() for p, f in from_hub.files.items()} == repo_files(hub)
 
     sql = cli("sql", uri, "SELECT count(*) AS n FROM models", "--format", "csv")
@@ -475,7 +479,7 @@ def test_real_hub_smoke(base_dataset: Path, tmp_path: Path, monkeypatch: pytest.
     from huggingface_hub import HfApi, constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    api = HfApi(endpoint=publishing.hub_endpoint())
+    api = HfApi(endpoint=hub_endpoint())
     try:
         api.whoami()
     except Exception as exc:  # noqa: BLE001 - any failure to reach the Hub means: no network here

@@ -8,14 +8,8 @@ import pytest
 import yaml
 
 from pipeline.dataset.schema import table_schema
-from pipeline.publish.card import (
-    CardInputs,
-    card_metadata,
-    model_license,
-    model_source,
-    render_card,
-    size_category,
-)
+from pipeline.publish.card import CardInputs, card_metadata, render_card, size_category
+from pipeline.publish.licenses import model_license, model_source
 
 
 def model(model_id: str, **extra: object) -> dict:

@@ -91,10 +91,10 @@ def test_checkpoint_source_on_s3_is_fetched_through_fsspec(s3_root: str, tmp_pat
     import hashlib
 
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
-    fetched = fetch_entry(ZooEntry(id="s3/src", sources=["s3://lab/ckpts/m.pt"], sha256=digest), tmp_path / "cache")
+    fetched = fetch_entry(ZooEntry(model_id="s3/src", sources=["s3://lab/ckpts/m.pt"], sha256=digest), tmp_path / "cache")
     assert fetched.sha256 == digest and fetched.owned == [True]
     assert Path(fetched.paths[0]).read_bytes() == local.read_bytes()
     from pipeline.errors import SourceNotFoundError
 
     with pytest.raises(SourceNotFoundError):
-        fetch_entry(ZooEntry(id="s3/missing", sources=["s3://lab/ckpts/nope.pt"]), tmp_path / "cache")
+        fetch_entry(ZooEntry(model_id="s3/missing", sources=["s3://lab/ckpts/nope.pt"]), tmp_path / "cache")

@@ -48,9 +48,9 @@ def test_hf_sources_download_at_the_pinned_revision(hub: FakeHub, tmp_path: Path
     api.upload_file(path_or_fileobj=checkpoint(2), path_in_repo="weights/m.pt", repo_id="alice/ckpts")
     for uri, seed in (("hf://alice/ckpts/weights/m.pt", 2), ("hf://alice/ckpts@v1/weights/m.pt", 1)):
         digest = hashlib.sha256(checkpoint(seed)).hexdigest()
-        fetched = fetch_entry(ZooEntry(id=f"hub/{seed}", sources=[uri], sha256=digest), tmp_path / "cache")
+        fetched = fetch_entry(ZooEntry(model_id=f"hub/{seed}", sources=[uri], sha256=digest), tmp_path / "cache")
         assert fetched.sha256 == digest and fetched.owned == [False]  # the Hub's cache owns the file
         assert Path(fetched.paths[0]).read_bytes() == checkpoint(seed)
         assert str(tmp_path / "cache" / "hf") in fetched.paths[0]
     with pytest.raises(SourceNotFoundError):
-        fetch_entry(ZooEntry(id="hub/missing", sources=["hf://alice/ckpts/nope.pt"]), tmp_path / "cache")
+        fetch_entry(ZooEntry(model_id="hub/missing", sources=["hf://alice/ckpts/nope.pt"]), tmp_path / "cache")

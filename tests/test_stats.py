@@ -13,8 +13,10 @@ import scipy.stats
 from stats_fixtures import planted_zoo, tiny_weights, write_model
 
 from pipeline.dataset.store import DatasetStore
-from pipeline.stats.analysis import BUCKET_LABELS, StatsOptions, holm
+from pipeline.stats.corrections import holm
+from pipeline.stats.options import StatsOptions
 from pipeline.stats.pairing import auto_pairs, table_pairs
+from pipeline.stats.profile import BUCKET_LABELS
 from pipeline.stats.run import run_stats
 from pipeline.stats.shift import (
     distribution,

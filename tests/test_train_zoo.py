@@ -19,8 +19,8 @@ from pipeline.ray_cluster import task_resources
 from pipeline.train.config import TrainConfig
 from pipeline.train.config import demo_arch_spec as arch_spec
 from pipeline.train.demo_models import tiny_cnn
-from pipeline.train.recipe import ZOO_KEYS, read_zoo, train_zoo, zoo_plan
-from pipeline.zoo.zoo_file import load_zoo_file
+from pipeline.train.recipe import read_zoo, train_zoo, zoo_plan
+from pipeline.zoo.zoo_file import ENTRY_KEYS, load_zoo_file
 
 BASE = TrainConfig(arch=arch_spec("tiny_cnn"), n_train=300, n_test=100, epochs=1, batch_size=50,
                    eps=8 / 255, attack_steps=1, step_size=8 / 255, eval_steps=2, n_eval_robust=50,
@@ -52,7 +52,7 @@ def test_zoo_file_has_exactly_the_build_keys(zoo_dir: Path) -> None:
     assert [m["id"] for m in doc["models"]] == ["t/synthetic/none/tiny_cnn-normal-s0",
                                                 "t/synthetic/Linf/tiny_cnn-adv-s0"]
     for entry, robust in zip(doc["models"], (False, True), strict=True):
-        assert tuple(entry) == ZOO_KEYS
+        assert tuple(entry) == tuple(k for k in ENTRY_KEYS if k not in ("paper", "venue"))  # the zoo-file order
         assert entry["source"] == f"checkpoints/{'synthetic-Linf-tiny_cnn-adv-s0' if robust else 'synthetic-none-tiny_cnn-normal-s0'}.pt"
         assert entry["sha256"] == _sha(zoo_dir / entry["source"])
         assert entry["arch"] == "pipeline.train.demo_models:tiny_cnn"

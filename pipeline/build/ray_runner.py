@@ -15,30 +15,30 @@ The only module (with ``jobs/``) that imports Ray. Design:
   checkpoint is not (deterministic);
 * a watchdog reports when nothing completes for ``stall_timeout_s`` and fails
   fast when actors cannot be scheduled at all.
+
+What runs where next is decided by ``build/scheduler.py`` (no Ray, unit-tested);
+``RayBuild`` only submits, waits and reports outcomes back. The per-model work is
+the ``BuildSteps`` it is given, the same functions the local runner calls.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from pipeline.build.runner import (
-    BuildConfig,
-    BuildProgress,
-    BuildSummary,
-    KeptCheckpoints,
-    extract_fetched,
-    record_build_failure,
-)
+from pipeline.build.config import BuildConfig, BuildSummary
+from pipeline.build.progress import BuildProgress
+from pipeline.build.scheduler import BuildScheduler, Job
+from pipeline.build.steps import BuildSteps, KeptCheckpoints, record_build_failure
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError, FilterlensError, SchedulingError
-from pipeline.fetch.download import FetchedCheckpoint, FetchPolicy, fetch_entry
+from pipeline.fetch.download import FetchedCheckpoint, FetchPolicy
 from pipeline.ray_cluster import connect
 from pipeline.zoo.zoo_file import ZooEntry
 
@@ -68,10 +68,10 @@ def _as_failure(value: dict) -> RemoteFailure:
 
 
 @ray.remote(num_cpus=0, max_retries=2)
-def download_task(entry: dict, cache_dir: str, mirror: str | None, policy: dict) -> dict:
-    """Fetch one entry's checkpoint on this node; returns the FetchedCheckpoint as a dict or an error value."""
+def download_task(fetch: Callable, entry: dict, cache_dir: str, mirror: str | None, policy: dict) -> dict:
+    """Fetch one entry's checkpoint on this node with ``fetch``; returns the FetchedCheckpoint as a dict or an error."""
     try:
-        fetched = fetch_entry(ZooEntry(**entry), cache_dir, mirror, FetchPolicy(**policy))
+        fetched = fetch(ZooEntry(**entry), cache_dir, mirror, FetchPolicy(**policy))
         return {"fetched": asdict(fetched)}
     except Exception as exc:  # noqa: BLE001 - failures travel as values
         return _failure_value(exc)
@@ -84,11 +84,12 @@ MAX_ACTOR_RESTARTS = 3
 class Extractor:
     """Holds the dataset handle and the device; extracts one model at a time."""
 
-    def __init__(self, out: str, device: str, threads: int, keep_checkpoints: bool,
+    def __init__(self, extract: Callable, out: str, device: str, threads: int, keep_checkpoints: bool,
                  cache_budget_bytes: float | None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
+        self.extract_step = extract
         self.store = DatasetStore(out)
         self.device = device
         self.keep_checkpoints = keep_checkpoints
@@ -100,8 +101,8 @@ class Extractor:
     def extract(self, entry: dict, fetched: dict, force: bool) -> dict:
         checkpoint = FetchedCheckpoint(**fetched)
         try:
-            result = extract_fetched(ZooEntry(**entry), checkpoint, self.store, self.device, force,
-                                     self.keep_checkpoints)
+            result = self.extract_step(ZooEntry(**entry), checkpoint, self.store, self.device, force,
+                                       self.keep_checkpoints)
             if self.keep_checkpoints:
                 self.kept.add(checkpoint)
             return {"result": asdict(result)}
@@ -143,19 +144,10 @@ def plan_actors(config: BuildConfig, resources: dict) -> ActorPlan:
     return ActorPlan("cpu", count, max(1.0, float(int(cpus // count))), 0.0)
 
 
-@dataclass
-class _Job:
-    entry: ZooEntry
-    actor: int
-    attempt: int
-    started: float
-    fetched: dict | None = None
-
-
-def _start_actors(plan: ActorPlan, config: BuildConfig, store: DatasetStore) -> tuple[list, list[str]]:
+def _start_actors(plan: ActorPlan, config: BuildConfig, store: DatasetStore, steps: BuildSteps) -> tuple[list, list[str]]:
     budget = config.cache_max_gb * 1e9 / plan.count if config.cache_max_gb else None  # each actor's share
     actors = [Extractor.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus).remote(
-        store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints, budget)
+        steps.extract, store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints, budget)
         for _ in range(plan.count)]
     refs = [a.node_id.remote() for a in actors]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=config.stall_timeout_s)
@@ -169,143 +161,131 @@ def _start_actors(plan: ActorPlan, config: BuildConfig, store: DatasetStore) -> 
     return actors, ray.get(refs)
 
 
-def build_on_ray(entries: list[ZooEntry], config: BuildConfig, store: DatasetStore,
-                 progress: BuildProgress) -> BuildSummary:
-    """Run a build on the connected (or a new local) Ray cluster."""
-    connect(config.address)
-    plan = plan_actors(config, ray.cluster_resources())
-    log.info("%d extractor actor(s) on %s (%g CPU, %g GPU each)", plan.count, plan.device, plan.num_cpus,
-             plan.num_gpus)
-    actors, nodes = _start_actors(plan, config, store)
-    summary = BuildSummary()
-    policy = asdict(config.policy())
-    todo: deque[tuple[ZooEntry, int]] = deque((e, 1) for e in entries)
-    downloading: dict[ray.ObjectRef, _Job] = {}
-    waiting: list[deque[_Job]] = [deque() for _ in actors]
-    extracting: dict[ray.ObjectRef, _Job] = {}
-    busy = [False] * len(actors)
-    alive = [True] * len(actors)
-    deaths = [0] * len(actors)
-    started_at: dict[str, float] = {}
-    last_progress = time.perf_counter()
-    last_tick = last_progress
+class RayBuild:
+    """One build on a Ray cluster: start actors, then submit, wait and report until the scheduler is done."""
 
-    def load(i: int) -> int:
-        return len(waiting[i]) + sum(1 for j in downloading.values() if j.actor == i) + busy[i]
+    def __init__(self, entries: list[ZooEntry], config: BuildConfig, store: DatasetStore,
+                 progress: BuildProgress, steps: BuildSteps) -> None:
+        self.config, self.store, self.progress, self.steps = config, store, progress, steps
+        self.entries = entries
+        self.summary = BuildSummary()
+        self.policy = asdict(config.policy())
+        self.downloading: dict[ray.ObjectRef, Job] = {}
+        self.extracting: dict[ray.ObjectRef, Job] = {}
+        self.actors: list = []
+        self.nodes: list[str] = []
 
-    def fail(job: _Job, exc: BaseException) -> None:
-        attempts = max(job.attempt, getattr(exc, "attempts", 1))
-        duration = time.perf_counter() - started_at.get(job.entry.id, job.started)
-        summary.failures.append(record_build_failure(store, job.entry, exc, attempts, duration))
-        summary.failed += 1
-        progress.model_done(failed=True)
+    def run(self) -> BuildSummary:
+        connect(self.config.address)
+        plan = plan_actors(self.config, ray.cluster_resources())
+        log.info("%d extractor actor(s) on %s (%g CPU, %g GPU each)", plan.count, plan.device, plan.num_cpus,
+                 plan.num_gpus)
+        self.actors, self.nodes = _start_actors(plan, self.config, self.store, self.steps)
+        self.scheduler = BuildScheduler(
+            self.entries, len(self.actors), max_downloads=self.config.max_downloads, prefetch=self.config.prefetch,
+            retries=self.config.retries, max_actor_restarts=MAX_ACTOR_RESTARTS, on_failure=self._record_failure)
+        try:
+            self._loop()
+        finally:
+            for actor in self.actors:
+                ray.kill(actor)
+        return self.summary
 
-    def retry_or_fail(job: _Job, exc: BaseException, transient: bool) -> None:
-        if transient and job.attempt < config.retries:
-            log.info("%s: %s (attempt %d), retrying", job.entry.id, type(exc).__name__, job.attempt)
-            todo.appendleft((job.entry, job.attempt + 1))
-        else:
-            fail(job, exc)
-
-    while todo or downloading or extracting or any(waiting):
-        # 1. downloads, assigned to the least loaded live actor, on its node
-        while todo and len(downloading) < config.max_downloads:
-            candidates = [i for i in range(len(actors)) if alive[i] and load(i) < config.prefetch + 1]
-            if not candidates:
-                break
-            i = min(candidates, key=load)
-            entry, attempt = todo.popleft()
-            started_at.setdefault(entry.id, time.perf_counter())
-            strategy = NodeAffinitySchedulingStrategy(nodes[i], soft=True)
-            ref = download_task.options(scheduling_strategy=strategy).remote(
-                asdict(entry), config.cache_dir, config.mirror, policy)
-            downloading[ref] = _Job(entry, i, attempt, time.perf_counter())
-        # 2. hand ready checkpoints to idle actors
-        for i, actor in enumerate(actors):
-            if alive[i] and not busy[i] and waiting[i]:
-                job = waiting[i].popleft()
-                extracting[actor.extract.remote(asdict(job.entry), job.fetched, config.force)] = job
-                busy[i] = True
-        if not any(alive):
-            stranded = [(e, a) for e, a in todo] + [(j.entry, j.attempt) for q in waiting for j in q]
-            todo.clear()
-            for q in waiting:
-                q.clear()
-            for entry, attempt in stranded:
-                fail(_Job(entry, -1, attempt, time.perf_counter()),
-                     SchedulingError("every extractor actor died (out of memory? see the Ray logs)"))
-            if not (downloading or extracting):
-                break
-        if not (downloading or extracting):
-            continue
-        done, _ = ray.wait(list(downloading) + list(extracting), num_returns=1, timeout=1.0)
-        now = time.perf_counter()
-        if not any(busy):
-            summary.wait_download_seconds += now - last_tick
-        else:
-            summary.busy_extract_seconds += now - last_tick
-        last_tick = now
-        for ref in done:
-            last_progress = now
-            if ref in downloading:
-                job = downloading.pop(ref)
-                try:
-                    value = ray.get(ref)
-                except (RayTaskError, WorkerCrashedError) as exc:
-                    retry_or_fail(job, exc, transient=True)
-                    continue
-                if "error" in value:
-                    failure = _as_failure(value)
-                    fail(job, failure)  # download errors were already retried inside the task
-                    continue
-                job.fetched = value["fetched"]
-                summary.downloaded_bytes += job.fetched["downloaded_bytes"]
-                summary.download_seconds += job.fetched["seconds"]
-                progress.add_bytes(job.fetched["downloaded_bytes"])
-                if alive[job.actor]:
-                    waiting[job.actor].append(job)
+    def _loop(self) -> None:
+        last_progress = last_tick = time.perf_counter()
+        while not self.scheduler.finished():
+            self._submit()
+            self.scheduler.strand_if_no_actor()
+            if not (self.downloading or self.extracting):
+                if self.scheduler.finished() or not any(self.scheduler.alive):
+                    break
+                continue
+            done, _ = ray.wait([*self.downloading, *self.extracting], num_returns=1, timeout=1.0)
+            now = time.perf_counter()
+            self._account_wait(now - last_tick)
+            last_tick = now
+            for ref in done:
+                last_progress = now
+                if ref in self.downloading:
+                    self._download_finished(ref)
                 else:
-                    todo.appendleft((job.entry, job.attempt))
-            else:
-                job = extracting.pop(ref)
-                busy[job.actor] = False
-                try:
-                    value = ray.get(ref)
-                except RayActorError as exc:
-                    deaths[job.actor] += 1
-                    alive[job.actor] = deaths[job.actor] <= MAX_ACTOR_RESTARTS
-                    log.warning("extractor actor %d died while extracting %s (%s)%s", job.actor, job.entry.id,
-                                type(exc).__name__, "" if alive[job.actor] else "; it will not be restarted")
-                    if not alive[job.actor]:
-                        todo.extendleft((j.entry, j.attempt) for j in waiting[job.actor])
-                        waiting[job.actor].clear()
-                    retry_or_fail(job, exc, transient=True)
-                    continue
-                if "error" in value:
-                    failure = _as_failure(value)
-                    retry_or_fail(job, failure, transient=failure.transient)
-                    continue
-                result = value["result"]
-                summary.done += not result["skipped"]
-                summary.skipped += result["skipped"]
-                summary.filters += result["n_filters"]
-                summary.extract_seconds += result["seconds"]
-                progress.model_done(result["n_filters"])
-        progress.refresh()
-        progress.bar.refresh()
-        if now - last_progress > config.stall_timeout_s:
-            _report_stall(downloading, extracting, now - last_progress)
-            last_progress = now
-    for actor in actors:
-        ray.kill(actor)
-    return summary
+                    self._extraction_finished(ref)
+            self.progress.refresh()
+            self.progress.bar.refresh()
+            if now - last_progress > self.config.stall_timeout_s:
+                self._report_stall(now - last_progress)
+                last_progress = now
+
+    def _submit(self) -> None:
+        for job in self.scheduler.downloads_to_start():
+            strategy = NodeAffinitySchedulingStrategy(self.nodes[job.actor], soft=True)
+            ref = download_task.options(scheduling_strategy=strategy).remote(
+                self.steps.fetch, asdict(job.entry), self.config.cache_dir, self.config.mirror, self.policy)
+            self.downloading[ref] = job
+        for job in self.scheduler.extractions_to_start():
+            ref = self.actors[job.actor].extract.remote(asdict(job.entry), job.fetched, self.config.force)
+            self.extracting[ref] = job
+
+    def _account_wait(self, seconds: float) -> None:
+        """Time with no actor busy is time spent waiting for downloads."""
+        if any(self.scheduler.busy):
+            self.summary.busy_extract_seconds += seconds
+        else:
+            self.summary.wait_download_seconds += seconds
+
+    def _download_finished(self, ref: ray.ObjectRef) -> None:
+        job = self.downloading.pop(ref)
+        try:
+            value = ray.get(ref)
+        except (RayTaskError, WorkerCrashedError) as exc:
+            self.scheduler.download_failed(job, exc, transient=True)
+            return
+        if "error" in value:  # download errors were already retried inside the task
+            self.scheduler.download_failed(job, _as_failure(value), transient=False)
+            return
+        fetched = value["fetched"]
+        self.summary.downloaded_bytes += fetched["downloaded_bytes"]
+        self.summary.download_seconds += fetched["seconds"]
+        self.progress.add_bytes(fetched["downloaded_bytes"])
+        self.scheduler.download_done(job, fetched)
+
+    def _extraction_finished(self, ref: ray.ObjectRef) -> None:
+        job = self.extracting.pop(ref)
+        try:
+            value = ray.get(ref)
+        except RayActorError as exc:
+            alive = self.scheduler.actor_died(job, exc)
+            log.warning("extractor actor %d died while extracting %s (%s)%s", job.actor, job.entry.model_id,
+                        type(exc).__name__, "" if alive else "; it will not be restarted")
+            return
+        if "error" in value:
+            failure = _as_failure(value)
+            self.scheduler.extraction_failed(job, failure, transient=failure.transient)
+            return
+        self.scheduler.extraction_done(job)
+        result = value["result"]
+        self.summary.done += not result["skipped"]
+        self.summary.skipped += result["skipped"]
+        self.summary.filters += result["n_filters"]
+        self.summary.extract_seconds += result["seconds"]
+        self.progress.model_done(result["n_filters"])
+
+    def _record_failure(self, job: Job, exc: BaseException, attempts: int, duration_s: float) -> None:
+        self.summary.failures.append(record_build_failure(self.store, job.entry, exc, attempts, duration_s))
+        self.summary.failed += 1
+        self.progress.model_done(failed=True)
+
+    def _report_stall(self, seconds: float) -> None:
+        """Say what the build is waiting for instead of hanging silently."""
+        log.warning(
+            "no model finished in the last %.0fs: %d downloads in flight (%s), %d extractions in flight (%s); "
+            "cluster resources %s, available %s", seconds, len(self.downloading),
+            ", ".join(j.entry.model_id for j in list(self.downloading.values())[:5]), len(self.extracting),
+            ", ".join(j.entry.model_id for j in list(self.extracting.values())[:5]), ray.cluster_resources(),
+            ray.available_resources())
 
 
-def _report_stall(downloading: dict, extracting: dict, seconds: float) -> None:
-    """Say what the build is waiting for instead of hanging silently."""
-    log.warning(
-        "no model finished in the last %.0fs: %d downloads in flight (%s), %d extractions in flight (%s); "
-        "cluster resources %s, available %s", seconds, len(downloading),
-        ", ".join(j.entry.id for j in list(downloading.values())[:5]), len(extracting),
-        ", ".join(j.entry.id for j in list(extracting.values())[:5]), ray.cluster_resources(),
-        ray.available_resources())
+def build_on_ray(entries: list[ZooEntry], config: BuildConfig, store: DatasetStore,
+                 progress: BuildProgress, steps: BuildSteps | None = None) -> BuildSummary:
+    """Run a build on the connected (or a new local) Ray cluster."""
+    return RayBuild(entries, config, store, progress, steps or BuildSteps()).run()

@@ -1,7 +1,8 @@
 """``build_zoo``: plan a zoo against the dataset, run the chosen runner, record the build in the manifest.
 
-The runners (``pipeline.build.runner.build_local``, ``pipeline.build.ray_runner.build_on_ray``)
-run the same per-model steps and differ only in scheduling; this module picks one.
+The runners (``pipeline.build.local_runner.build_local``, ``pipeline.build.ray_runner.build_on_ray``)
+run the same per-model steps (``pipeline.build.steps.BuildSteps``) and differ only in scheduling; this
+module picks one and hands it the steps.
 """
 
 from __future__ import annotations
@@ -12,14 +13,11 @@ import time
 from collections.abc import Sequence
 
 from pipeline import __version__
-from pipeline.build.runner import (
-    BuildConfig,
-    BuildProgress,
-    BuildSummary,
-    build_local,
-    load_entries,
-    plan,
-)
+from pipeline.build.config import BuildConfig, BuildSummary
+from pipeline.build.local_runner import build_local
+from pipeline.build.plan import load_entries, plan
+from pipeline.build.progress import BuildProgress
+from pipeline.build.steps import BuildSteps
 from pipeline.dataset.layout import utcnow
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError
@@ -32,7 +30,8 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
               force: bool = False, allow_failures: bool = False, progress: bool = True,
               model_info: str | None = None, datasets: Sequence[str] | None = None,
               threat_models: Sequence[str] | None = None, models: Sequence[str] | None = None,
-              limit: int | None = None, command: str | None = None, **options: object) -> BuildSummary:
+              limit: int | None = None, command: str | None = None, steps: BuildSteps | None = None,
+              **options: object) -> BuildSummary:
     """Build (or complete) the filter dataset at ``out`` from a zoo; returns the summary.
 
     ``zoo`` is a zoo YAML path, ``"robustbench"``, or a list of entries. Failed
@@ -56,11 +55,11 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
         if not todo:
             summary = BuildSummary()
         elif backend == "local":
-            summary = build_local(todo, config, store, bar)
+            summary = build_local(todo, config, store, bar, steps or BuildSteps())
         else:
             from pipeline.build.ray_runner import build_on_ray
 
-            summary = build_on_ray(todo, config, store, bar)
+            summary = build_on_ray(todo, config, store, bar, steps or BuildSteps())
     finally:
         bar.close()
     summary.skipped += len(skipped)

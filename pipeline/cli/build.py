@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.build.config import BuildConfig
+from pipeline.cli.defaults import defaults_of
 from pipeline.errors import ConfigError
+
+BUILD = defaults_of(BuildConfig)
 
 HELP = """\
 Build (or complete) the filter dataset at --out from a zoo: a zoo YAML file or
@@ -42,21 +46,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("zoo", help="zoo YAML file, or 'robustbench'")
     p.add_argument("--out", required=True, help="dataset root: directory or URI (s3://bucket/path?endpoint_override=...)")
     add_zoo_filters(p)
-    p.add_argument("--backend", choices=("ray", "local"), default="ray",
-                   help="ray (default: a local Ray instance, or --address) or local (in-process, no Ray)")
+    p.add_argument("--backend", choices=("ray", "local"), default=BUILD.backend,
+                   help=f"ray (a local Ray instance, or --address) or local (in-process, no Ray); default {BUILD.backend}")
     p.add_argument("--address", help="Ray cluster: auto, ray://host:10001, or http://head:8265 to submit as a job")
-    p.add_argument("--device", default="auto", help="auto (GPU actors when the cluster has GPUs), cpu or cuda")
+    p.add_argument("--device", default=BUILD.device,
+                   help=f"auto (GPU actors when the cluster has GPUs), cpu or cuda (default {BUILD.device})")
     p.add_argument("--extractors", type=int, help="number of extractor actors (default: one per GPU, or CPUs/2)")
-    p.add_argument("--max-downloads", type=int, default=4, help="downloads in flight at once (default 4)")
+    p.add_argument("--max-downloads", type=int, default=BUILD.max_downloads,
+                   help=f"downloads in flight at once (default {BUILD.max_downloads})")
     p.add_argument("--mirror", help="URL prefix or directory that replaces every remote source "
                                     "(<mirror>/gdrive/<id>, <mirror>/http/<host>/<path>, ...)")
     p.add_argument("--cache-dir", help="where downloaded checkpoints go (default ~/.cache/filterlens/checkpoints)")
     p.add_argument("--cache-max-gb", type=float, help="disk budget of the checkpoint cache")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful extraction")
-    p.add_argument("--retries", type=int, default=3, help="attempts per model for transient errors (default 3)")
-    p.add_argument("--timeout", type=float, default=60.0, help="download read timeout in seconds (default 60)")
-    p.add_argument("--stall-timeout", type=float, default=300.0,
-                   help="report when nothing finishes for this many seconds (default 300)")
+    p.add_argument("--retries", type=int, default=BUILD.retries,
+                   help=f"attempts per model for transient errors (default {BUILD.retries})")
+    p.add_argument("--timeout", type=float, default=BUILD.timeout_s,
+                   help=f"download read timeout in seconds (default {BUILD.timeout_s:g})")
+    p.add_argument("--stall-timeout", type=float, default=BUILD.stall_timeout_s,
+                   help=f"report when nothing finishes for this many seconds (default {BUILD.stall_timeout_s:g})")
     p.add_argument("--force", action="store_true", help="redo models that are already complete")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some models failed")
     p.add_argument("--dry-run", action="store_true", help="list what would be processed and skipped, do nothing")
@@ -65,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.build.runner import BuildConfig, load_entries, plan
+    from pipeline.build.plan import load_entries, plan
     from pipeline.build.zoo_build import build_zoo
     from pipeline.dataset.store import DatasetStore
 
@@ -79,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
         entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
         todo, skipped = plan(entries, DatasetStore(args.out), args.force)
         for entry in todo:
-            print(f"extract  {entry.id}  ({entry.arch or 'state-dict order'}; {len(entry.sources)} source(s))")
+            print(f"extract  {entry.model_id}  ({entry.arch or 'state-dict order'}; {len(entry.sources)} source(s))")
         for entry in skipped:
-            print(f"skip     {entry.id}  (complete)")
+            print(f"skip     {entry.model_id}  (complete)")
         print(f"{len(todo)} to extract, {len(skipped)} complete")
         return 0
     if args.extractors is not None and args.extractors < 1:
@@ -91,8 +99,6 @@ def run(args: argparse.Namespace) -> int:
         "mirror": args.mirror, "cache_dir": args.cache_dir, "cache_max_gb": args.cache_max_gb,
         "keep_checkpoints": args.keep_checkpoints, "retries": args.retries, "timeout_s": args.timeout,
         "stall_timeout_s": args.stall_timeout}.items() if v is not None}
-    unknown = set(options) - set(BuildConfig.__dataclass_fields__)
-    assert not unknown, unknown
     summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,
                         progress=not args.no_progress, model_info=args.model_info, datasets=args.datasets,
                         threat_models=args.threat_models, models=models, limit=args.limit,

@@ -25,6 +25,15 @@ EXIT_OK, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 130
 COMMANDS = ("build", "demo", "extract", "info", "publish", "sql", "stats", "train", "zoo")
 """Subcommand modules, in the order ``--help`` lists them."""
 
+EXTRA_OF_MODULE = {
+    **dict.fromkeys(("torch", "torchvision", "timm", "onnx", "safetensors", "robustbench", "autoattack",
+                     "requests"), "build"),
+    **dict.fromkeys(("scipy", "matplotlib", "numba"), "stats"),
+    "ray": "build", "s3fs": "s3", "datasets": "hub",
+}
+"""Optional modules and the pyproject extra that installs each (README, "Install")."""
+EXIT_MISSING_EXTRA = 2
+
 EPILOG = """\
 examples:
   filterlens extract model.pt --out dataset/ --arch robustbench:cifar10:Linf:Carmon2019Unlabeled \\
@@ -74,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FilterlensError as exc:
         print(f"filterlens: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:
+        extra = EXTRA_OF_MODULE.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"filterlens: error: `filterlens {args.command}` needs {exc.name}, which is not installed: "
+              f"pip install 'filterlens[{extra}]'", file=sys.stderr)
+        return EXIT_MISSING_EXTRA
     except KeyboardInterrupt:
         print("filterlens: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -43,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.publish.sync import check_repo_id, publish, stage
+    from pipeline.publish.stage import stage
+    from pipeline.publish.sync import check_repo_id, publish
 
     if args.stage_only:
         check_repo_id(args.repo)

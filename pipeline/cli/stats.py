@@ -6,6 +6,9 @@ import argparse
 import logging
 import sys
 
+from pipeline.cli.defaults import defaults_of
+from pipeline.stats.options import StatsOptions
+
 log = logging.getLogger(__name__)
 
 HELP = """\
@@ -30,6 +33,9 @@ Examples:
 """
 
 
+STATS = defaults_of(StatsOptions)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("stats", help="robustness statistics and report (the paper's analyses)",
                               description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,20 +47,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="threat models of the robust models to keep (normal models are kept; drop them with --where)")
     p.add_argument("--pairs", metavar="CSV", help="robust/normal pairs (columns Robust, Normal[, Arch, Dataset]) "
                                                   "instead of pairing by architecture and dataset")
-    p.add_argument("--kl-groups", choices=("pairs", "all"), default="pairs",
+    p.add_argument("--kl-groups", choices=("pairs", "all"), default=STATS.kl_groups,
                    help="distribution shift between the paired models, each counted once per pair (the paper, "
                         "default), or between all robust and all normal models")
     p.add_argument("--coef-range", nargs=2, type=float, metavar=("LO", "HI"),
                    help="histogram range of the coefficients (skips the range pass; default: min/max of the data)")
     p.add_argument("--gallery", nargs="+", default=[], metavar="MODEL_ID",
                    help="models whose first-layer filters to show (default: the first pairs of each dataset)")
-    p.add_argument("--gallery-pairs", type=int, default=2, help="pairs per dataset in the default gallery")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--min-models", type=int, default=3, help="models needed on each side to test a difference")
-    p.add_argument("--permutations", type=int, default=199,
-                   help="label permutations for the divergence test (0: none; default 199)")
+    p.add_argument("--gallery-pairs", type=int, default=STATS.gallery_pairs,
+                   help=f"pairs per dataset in the default gallery (default {STATS.gallery_pairs})")
+    p.add_argument("--alpha", type=float, default=STATS.alpha, help=f"significance level (default {STATS.alpha:g})")
+    p.add_argument("--min-models", type=int, default=STATS.min_models,
+                   help=f"models needed on each side to test a difference (default {STATS.min_models})")
+    p.add_argument("--permutations", type=int, default=STATS.permutations,
+                   help=f"label permutations for the divergence test (0: none; default {STATS.permutations})")
     p.add_argument("--threads", type=int, help="threads for DuckDB and the filter scans (default: all cores)")
-    p.add_argument("--engine", choices=("auto", "numba", "duckdb"), default="auto",
+    p.add_argument("--engine", choices=("auto", "numba", "duckdb"), default=STATS.engine,
                    help="filter scans as a compiled kernel (numba, the default when installed) or as DuckDB SQL "
                         "(sql/coefficient_*.sql; same numbers, several times slower)")
     p.add_argument("--no-figures", action="store_true", help="tables and report text only")
@@ -62,7 +70,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stats.analysis import StatsOptions  # heavy: imported only when the command runs
     from pipeline.stats.run import run_stats, summary_text
 
     options = StatsOptions(where=args.where, datasets=args.datasets, threat_models=args.threat_models,

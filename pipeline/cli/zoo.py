@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from pipeline.build.runner import load_entries
+    from pipeline.build.plan import load_entries
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
@@ -47,17 +47,17 @@ def run_list(args: argparse.Namespace) -> int:
     print(header)
     print("-" * len(header))
     for e in entries:
-        print(f"{e.id:<62} {(e.architecture or e.arch or '')[:24]:<24} {str(e.robust):<6} "
+        print(f"{e.model_id:<62} {(e.architecture or e.arch or '')[:24]:<24} {str(e.robust):<6} "
               f"{_pct(e.clean_acc):>6} {_pct(e.robust_acc):>10} {len(e.sources):>4}")
     print(f"({len(entries)} models)")
     return 0
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from pipeline.build.runner import load_entries
+    from pipeline.build.plan import load_entries
 
     entries = load_entries(args.zoo, args.model_info)
-    matches = [e for e in entries if e.id == args.model or e.id.rsplit("/", 1)[-1] == args.model]
+    matches = [e for e in entries if e.model_id == args.model or e.model_id.rsplit("/", 1)[-1] == args.model]
     if not matches:
         raise ConfigError(f"no model {args.model!r} in {args.zoo} (see filterlens zoo list {args.zoo})")
     yaml.safe_dump([e.to_yaml_dict() for e in matches], sys.stdout, sort_keys=False, allow_unicode=True)

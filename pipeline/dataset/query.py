@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 
 from pipeline.dataset.schema import TABLES, arrow_schema
 from pipeline.dataset.store import DatasetStore
@@ -23,6 +22,7 @@ from pipeline.errors import QueryError
 
 if TYPE_CHECKING:
     import polars as pl
+    import pyarrow.dataset as pads
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class FilterDataset:
 
     def arrow_dataset(self, table: str) -> pads.Dataset:
         """A pyarrow dataset over the view's files, with the schema from schemas/."""
+        import pyarrow.dataset as pads  # imports pandas (~0.3 s): only for remote roots and callers that ask
+
         if table not in self._datasets:
             self._datasets[table] = pads.dataset(self.files(table), schema=arrow_schema(table),
                                                  filesystem=self.store.fs, format="parquet")

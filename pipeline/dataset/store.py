@@ -17,7 +17,6 @@ import logging
 from collections.abc import Iterable
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -108,7 +107,18 @@ class DatasetStore(DatasetPaths):
         if not files:
             return schema.empty_table()
         check_schema(table, pq.read_schema(files[0], filesystem=self.fs), files[0])
-        return pads.dataset(files, schema=schema, filesystem=self.fs, format="parquet").to_table()
+        return pa.concat_tables([self.read_parquet(path, schema=schema) for path in files])
+
+    def read_parquet(self, path: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """One small Parquet file, read whole (no pyarrow.dataset: it imports pandas, slow at CLI start-up)."""
+        with self.fs.open_input_file(path) as handle:
+            table = pq.ParquetFile(handle).read(columns=columns)
+        if schema is None:
+            return table
+        for name in schema.names:  # a column a file lacks reads as nulls, as pyarrow datasets do
+            if name not in table.column_names:
+                table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+        return table.select(schema.names).cast(schema)
 
     def models(self) -> pa.Table:
         """The models table (committed models only)."""
@@ -126,7 +136,7 @@ class DatasetStore(DatasetPaths):
         """One committed model, read from its own row file (no scan of the whole models table)."""
         path = self.model_row_path(slugify(model_id))
         try:
-            table = pq.read_table(path, filesystem=self.fs, columns=STORED_COLUMNS)
+            table = self.read_parquet(path, columns=STORED_COLUMNS)
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
             if self.file_exists(path):
                 raise

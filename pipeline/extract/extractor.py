@@ -20,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from pipeline.checkpoints.arch_spec import ArchSpec, parse_arch_spec
-from pipeline.checkpoints.bind import BindReport, bind_and_trace
+from pipeline.checkpoints.bind import BindReport
 from pipeline.checkpoints.load import (
     ConvWeight,
     LoadedCheckpoint,
     load_checkpoint,
     state_dict_convs,
 )
+from pipeline.checkpoints.trace import bind_and_trace
 from pipeline.dataset.layout import filters_write_schema, slugify
 from pipeline.dataset.schema import arrow_schema, to_table
 from pipeline.dataset.store import DatasetStore
@@ -134,64 +135,20 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     """
     started = time.perf_counter()
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    digest = request.digest
-    if digest is None and all(os.path.isfile(p) for p in request.checkpoints):
-        digest = sha256_of_files(request.checkpoints)
+    digest = _known_digest(request)
     if digest and not force and store.is_complete(request.model_id, digest[0]):
         log.info("%s: already complete (sha256 %s), skipping", request.model_id, digest[0][:12])
         return ExtractResult(request.model_id, True, digest[0], device=str(torch_device))
 
     loaded = load_checkpoint(request.checkpoints, digest=digest)
     ordered = ordered_convs(request, loaded, torch_device)
-    convs = ordered.convs
-    n_conv = len(convs)
-    if not convs:
+    n_conv = len(ordered.convs)
+    if not ordered.convs:
         raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")
-    slug = slugify(request.model_id)
     writer = ModelWriter(store, request.model_id, request.dataset)
-    layer_rows: list[dict] = []
-    n_conv3x3 = n_nonfinite_layers = 0
     try:
-        for index, conv in enumerate(tqdm(convs, desc=request.model_id, unit="layer", leave=False,
-                                          disable=None if progress else True)):
-            row, batch = _layer(request, slug, index, n_conv, conv, torch_device)
-            layer_rows.append(row)
-            if batch is not None:
-                n_conv3x3 += 1
-                n_nonfinite_layers += row["n_nonfinite"] > 0
-                writer.add_filters(batch)
-        layers = to_table("layers", {k: [r.get(k) for r in layer_rows] for k in arrow_schema("layers").names})
-        metadata = {**request.metadata, "unwrap_paths": loaded.unwrap_paths}
-        if ordered.bind_report is not None:
-            metadata["binding"] = asdict(ordered.bind_report)
-        model_row = {
-            "source_uri": request.source_uri or " ".join(loaded.paths),
-            "checkpoint_sha256": loaded.sha256,
-            "checkpoint_bytes": loaded.n_bytes,
-            "checkpoint_format": loaded.format,
-            "threat_model": request.threat_model,
-            "robust": request.robust,
-            "architecture": request.architecture,
-            "arch_spec": str(parse_arch_spec(request.arch)) if request.arch and loaded.onnx_convs is None else None,
-            "clean_acc": request.clean_acc,
-            "robust_acc": request.robust_acc,
-            "eps": request.eps,
-            "extra_data": request.extra_data,
-            "paper": request.paper,
-            "venue": request.venue,
-            "n_conv_layers": n_conv,
-            "n_conv3x3_layers": n_conv3x3,
-            "n_params": ordered.n_params,
-            "n_params_unused": ordered.n_params_unused,
-            "n_ensemble_members": max(1, len(loaded.state_dicts)),
-            "depth_source": ordered.depth_source,
-            "input_shape": "x".join(map(str, (1, *ordered.input_shape))) if ordered.input_shape else None,
-            "n_nonfinite_layers": n_nonfinite_layers,
-            "metadata_json": json.dumps(metadata, sort_keys=True, default=str),
-            "device": str(torch_device),
-            "extract_seconds": time.perf_counter() - started,
-        }
-        writer.commit(layers, model_row)
+        layers, counts = _write_layers(request, ordered.convs, writer, torch_device, progress)
+        writer.commit(layers, _model_row(request, loaded, ordered, counts, torch_device, started))
     except BaseException:
         writer.abort()
         raise
@@ -199,6 +156,75 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     log.info("%s: %d conv layers, %d 3x3 filters in %.2fs on %s", request.model_id, n_conv, writer.n_filters,
              seconds, torch_device)
     return ExtractResult(request.model_id, False, loaded.sha256, n_conv, writer.n_filters, seconds, str(torch_device))
+
+
+def _known_digest(request: ModelRequest) -> tuple[str, int] | None:
+    """The request's (sha256, bytes), else that of its local files; None when a file is not local."""
+    if request.digest is not None:
+        return request.digest
+    if all(os.path.isfile(p) for p in request.checkpoints):
+        return sha256_of_files(request.checkpoints)
+    return None
+
+
+@dataclass
+class _LayerCounts:
+    n_conv3x3: int = 0
+    n_nonfinite_layers: int = 0
+
+
+def _write_layers(request: ModelRequest, convs: list[ConvWeight], writer: ModelWriter, device: torch.device,
+                  progress: bool) -> tuple[pa.Table, _LayerCounts]:
+    """Compute every layer's row, hand 3x3 layers' filter rows to ``writer``; return the layers table."""
+    slug = slugify(request.model_id)
+    n_conv = len(convs)
+    layer_rows: list[dict] = []
+    counts = _LayerCounts()
+    for index, conv in enumerate(tqdm(convs, desc=request.model_id, unit="layer", leave=False,
+                                      disable=None if progress else True)):
+        row, batch = _layer(request, slug, index, n_conv, conv, device)
+        layer_rows.append(row)
+        if batch is not None:
+            counts.n_conv3x3 += 1
+            counts.n_nonfinite_layers += row["n_nonfinite"] > 0
+            writer.add_filters(batch)
+    layers = to_table("layers", {k: [r.get(k) for r in layer_rows] for k in arrow_schema("layers").names})
+    return layers, counts
+
+
+def _model_row(request: ModelRequest, loaded: LoadedCheckpoint, ordered: OrderedConvs, counts: _LayerCounts,
+               device: torch.device, started: float) -> dict:
+    """The models-table row of one extraction (``started``: its perf_counter start, for extract_seconds)."""
+    metadata = {**request.metadata, "unwrap_paths": loaded.unwrap_paths}
+    if ordered.bind_report is not None:
+        metadata["binding"] = asdict(ordered.bind_report)
+    return {
+        "source_uri": request.source_uri or " ".join(loaded.paths),
+        "checkpoint_sha256": loaded.sha256,
+        "checkpoint_bytes": loaded.n_bytes,
+        "checkpoint_format": loaded.format,
+        "threat_model": request.threat_model,
+        "robust": request.robust,
+        "architecture": request.architecture,
+        "arch_spec": str(parse_arch_spec(request.arch)) if request.arch and loaded.onnx_convs is None else None,
+        "clean_acc": request.clean_acc,
+        "robust_acc": request.robust_acc,
+        "eps": request.eps,
+        "extra_data": request.extra_data,
+        "paper": request.paper,
+        "venue": request.venue,
+        "n_conv_layers": len(ordered.convs),
+        "n_conv3x3_layers": counts.n_conv3x3,
+        "n_params": ordered.n_params,
+        "n_params_unused": ordered.n_params_unused,
+        "n_ensemble_members": max(1, len(loaded.state_dicts)),
+        "depth_source": ordered.depth_source,
+        "input_shape": "x".join(map(str, (1, *ordered.input_shape))) if ordered.input_shape else None,
+        "n_nonfinite_layers": counts.n_nonfinite_layers,
+        "metadata_json": json.dumps(metadata, sort_keys=True, default=str),
+        "device": str(device),
+        "extract_seconds": time.perf_counter() - started,
+    }
 
 
 def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: ConvWeight,

@@ -238,14 +238,14 @@ def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | Non
     policy = policy or FetchPolicy()
     started = time.perf_counter()
     if not entry.sources:
-        raise SourceNotFoundError(f"{entry.id}: the zoo gives no source for this model")
+        raise SourceNotFoundError(f"{entry.model_id}: the zoo gives no source for this model")
     paths, owned, downloaded, attempts = [], [], 0, 1
-    cache = Path(cache_dir) / slugify(entry.id)
+    cache = Path(cache_dir) / slugify(entry.model_id)
     for index, uri in enumerate(entry.sources):
         if is_local(uri):
             path = local_path(uri)
             if not path.is_file():
-                raise SourceNotFoundError(f"{entry.id}: {path} does not exist")
+                raise SourceNotFoundError(f"{entry.model_id}: {path} does not exist")
             paths.append(str(path))
             owned.append(False)
             continue
@@ -265,7 +265,7 @@ def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | Non
             else:  # a mirror directory
                 source = Path(target)
                 if not source.is_file():
-                    raise SourceNotFoundError(f"{entry.id}: {source} not found in the mirror")
+                    raise SourceNotFoundError(f"{entry.model_id}: {source} not found in the mirror")
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source, dest.with_name(dest.name + ".part"))
                 os.replace(dest.with_name(dest.name + ".part"), dest)
@@ -278,6 +278,6 @@ def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | Non
         for path, mine in zip(paths, owned, strict=True):
             if mine:
                 Path(path).unlink(missing_ok=True)  # a bad copy must not be reused from the cache
-        raise ChecksumMismatchError(f"{entry.id}: sha256 {sha256[:16]}... does not match the expected "
+        raise ChecksumMismatchError(f"{entry.model_id}: sha256 {sha256[:16]}... does not match the expected "
                                     f"{entry.sha256[:16]}...; the source changed or the download is corrupt")
     return FetchedCheckpoint(paths, sha256, n_bytes, downloaded, time.perf_counter() - started, attempts, owned)

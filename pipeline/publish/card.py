@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 import yaml
 
 from pipeline.dataset.schema import table_schema
+from pipeline.publish.licenses import SOURCE_NOTES, model_license, model_source
 
+CARD = "README.md"
+"""The card's path in the repo."""
 PUBLISHED_TABLES = ("models", "layers", "filters")
 DATA_FILES = {"models": "models/*.parquet", "layers": "layers/**/*.parquet", "filters": "filters/**/*.parquet"}
 PRETTY_NAME = "filterlens: 3x3 convolution filters and layer metrics of robust and normal CNNs"
@@ -39,30 +42,6 @@ ROBUSTBENCH_BIBTEX = """@inproceedings{croce2021robustbench,
     url       = {https://openreview.net/forum?id=SSKZPJCt7B}
 }"""
 
-# RobustBench 1.1.1's LICENSE: the Model Zoo's weights are MIT except these (datasets, threat models,
-# name prefix, Hub licence id, copyright). A prefix covers every model whose name starts with it.
-ROBUSTBENCH_LICENSE_EXCEPTIONS = (
-    ({"cifar10"}, {"Linf"}, "Hendrycks2019Using", "apache-2.0", "(c) 2019 Dan Hendrycks"),
-    ({"cifar10"}, {"Linf"}, "Pang2020Boosting", "apache-2.0", "(c) 2020 Tianyu Pang, Xiao Yang"),
-    ({"cifar10", "cifar100"}, {"Linf", "L2", "corruptions"}, "Gowal2020Uncovering", "apache-2.0", "(c) 2021 Google"),
-    ({"cifar10"}, {"Linf", "L2"}, "Ding2020MMA", "cc-by-nc-sa-4.0", "(c) 2020 Borealis AI"),
-    ({"cifar10"}, {"L2"}, "Rony2019Decoupling", "bsd-3-clause", "(c) 2018 Jerome Rony"),
-    ({"cifar10", "cifar100"}, {"Linf", "L2", "corruptions"}, "Rebuffi2021Fixing", "apache-2.0", "(c) 2021 Google"),
-    ({"cifar10", "cifar100"}, {"Linf", "L2"}, "Gowal2021Improving", "apache-2.0", "(c) 2021 Google"),
-)
-
-SOURCE_NOTES = {
-    "robustbench": "RobustBench Model Zoo (https://github.com/RobustBench/robustbench). Per RobustBench's LICENSE, "
-                   "the zoo's weights are MIT-licensed except the models listed with another licence below; "
-                   "copyrights belong to the authors of each model.",
-    "torchvision": "torchvision pretrained weights (torchvision's code is BSD-3-Clause). The weights' terms are "
-                   "those torchvision states for each model (not recorded by filterlens); weights trained on "
-                   "ImageNet may be subject to ImageNet's terms of access.",
-    "timm": "timm pretrained weights; licences differ per model (see each model's card on the Hub). "
-            "Not recorded by filterlens.",
-    "other": "Checkpoints supplied by the publisher of this dataset; filterlens does not know their licence.",
-}
-
 SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
                    (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T"))
@@ -74,35 +53,6 @@ def size_category(n_rows: int) -> str:
         if n_rows < bound:
             return label
     return "n>1T"
-
-
-def model_source(row: dict) -> str:
-    """Where a model's checkpoint came from: robustbench, torchvision, timm or other."""
-    model_id, arch = row.get("model_id") or "", row.get("arch_spec") or ""
-    source = row.get("source_uri") or ""
-    if model_id.startswith("robustbench/") or arch.startswith("robustbench:"):
-        return "robustbench"
-    if arch.startswith("torchvision:") or "download.pytorch.org" in source:
-        return "torchvision"
-    if arch.startswith("timm:") or "huggingface.co/timm/" in source or source.startswith("hf://timm/"):
-        return "timm"
-    return "other"
-
-
-def model_license(row: dict) -> tuple[str, str]:
-    """(Hub licence id, note) of one model's weights; ``unknown`` where filterlens cannot know it."""
-    source = model_source(row)
-    if source != "robustbench":
-        return "unknown", source
-    arch = row.get("arch_spec") or ""
-    parts = arch.split(":") if arch.startswith("robustbench:") else row["model_id"].split("/")[1:]
-    if len(parts) != 4 and len(parts) != 3:
-        return "unknown", source
-    dataset, threat_model, name = (parts[-3], parts[-2], parts[-1])
-    for datasets, threat_models, prefix, license_id, copyright_note in ROBUSTBENCH_LICENSE_EXCEPTIONS:
-        if dataset in datasets and threat_model in threat_models and name.startswith(prefix):
-            return license_id, copyright_note
-    return "mit", "RobustBench Model Zoo"
 
 
 def _cell(value: object) -> str:
@@ -247,19 +197,22 @@ def _license_section(inputs: CardInputs) -> list[str]:
     return [*lines, ""]
 
 
-def render_card(inputs: CardInputs) -> str:
-    """The full README.md: YAML header, then what it is, how it was built, schemas, usage, licences, citation."""
-    meta = card_metadata(inputs)
-    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-    models = inputs.models
-    n_models = len(models)
-    n_robust = sum(1 for m in models if m.get("robust"))
-    manifest = inputs.manifest
+def _front_matter(inputs: CardInputs) -> list[str]:
+    """The YAML header, the title and, while an upload runs, the update-in-progress notice."""
+    header = yaml.safe_dump(card_metadata(inputs), sort_keys=False, allow_unicode=True, width=1000)
     lines = ["---", header.rstrip("\n"), "---", "", f"# {PRETTY_NAME}", ""]
     if inputs.updating:
         lines += [f"> **Update in progress** — {inputs.updating}. Until it completes, the files may mix the "
                   "previous and the new version; this notice disappears when the upload has finished.", ""]
-    lines += [
+    return lines
+
+
+def _summary(inputs: CardInputs) -> list[str]:
+    """What the dataset is, its tables' sizes, and its models by training data, threat model and robustness."""
+    models = inputs.models
+    n_models = len(models)
+    n_robust = sum(1 for m in models if m.get("robust"))
+    lines = [
         f"Every 3x3 convolution filter, every convolution layer's filter-quality metrics and every model's "
         f"metadata of **{n_models} CNN checkpoints** ({n_robust} adversarially or otherwise robustly trained, "
         f"{n_models - n_robust} normally trained), extracted with filterlens "
@@ -281,10 +234,17 @@ def render_card(inputs: CardInputs) -> str:
     for key in sorted(groups, key=lambda k: tuple(str(x) for x in k)):
         lines.append(f"| {_cell(key[0])} | {_cell(key[1])} | {'yes' if key[2] else 'no'} | {groups[key]} | "
                      f"{filters_by[key]:,} |")
+    return lines
+
+
+def _build_section(inputs: CardInputs) -> list[str]:
+    """How the dataset was built (versions, layer order, builds, sources, snapshot), its layout, the tables' title."""
+    models = inputs.models
+    manifest = inputs.manifest
     depth = Counter(m.get("depth_source") for m in models)
     versions = sorted({str(m.get("pipeline_version")) for m in models})
     builds = manifest.get("builds") or []
-    lines += [
+    return [
         "", "## How it was built", "",
         "Each checkpoint is loaded safely (`torch.load(weights_only=True)`, safetensors or ONNX), bound to its "
         "architecture when known, and its 2D convolutions are ordered by a forward pass on a dummy input "
@@ -313,10 +273,11 @@ def render_card(inputs: CardInputs) -> str:
         "downloaded copy can be extended with `filterlens build` and published again.", "",
         "## Tables", "",
     ]
-    for table in PUBLISHED_TABLES:
-        lines += _schema_section(table)
-    lines += _usage(inputs)
-    lines += [
+
+
+def _metrics_section() -> list[str]:
+    """The definitions of the layer metrics."""
+    return [
         "## Metrics", "",
         "For a conv layer with weight W (c_out, c_in/groups, 3, 3) and its n filters flattened to 9-vectors:", "",
         "- **sparsity**: a filter f is sparse iff max|f| ≤ 0.01·max|W|; `sparsity = n_sparse / n_filters`.",
@@ -331,8 +292,11 @@ def render_card(inputs: CardInputs) -> str:
         "- `n_nonsparse`, `pca_sum`, `pca_scatter` are additive PCA sufficient statistics, so PCA bases over "
         "any selection of layers can be computed without reading `filters`.", "",
     ]
-    lines += _license_section(inputs)
-    lines += [
+
+
+def _limitations_section(inputs: CardInputs) -> list[str]:
+    """What the data does not say, and what was left out of this upload."""
+    lines = [
         "## Limitations", "",
         "- Metrics are defined for 3x3 kernels only; other layers appear in `layers` with null metric columns.",
         "- Metric values are defined by convention for degenerate layers (flagged in `entropy_degenerate`, "
@@ -347,11 +311,28 @@ def render_card(inputs: CardInputs) -> str:
     ]
     if inputs.excluded:
         lines.append(f"- Not published: {', '.join(inputs.excluded)}.")
-    lines += [
+    return lines
+
+
+def _citation_section() -> list[str]:
+    """The papers to cite."""
+    return [
         "", "## Citation", "",
         "If you use this dataset, please cite the paper whose analysis it implements:", "",
         "```bibtex", PAPER_BIBTEX, "```", "",
         "and, for models from the RobustBench Model Zoo, RobustBench:", "",
         "```bibtex", ROBUSTBENCH_BIBTEX, "```", "",
     ]
+
+
+def render_card(inputs: CardInputs) -> str:
+    """The full README.md: YAML header, then what it is, how it was built, schemas, usage, licences, citation."""
+    lines = [*_front_matter(inputs), *_summary(inputs), *_build_section(inputs)]
+    for table in PUBLISHED_TABLES:
+        lines += _schema_section(table)
+    lines += _usage(inputs)
+    lines += _metrics_section()
+    lines += _license_section(inputs)
+    lines += _limitations_section(inputs)
+    lines += _citation_section()
     return "\n".join(lines)

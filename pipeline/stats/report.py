@@ -1,6 +1,6 @@
-"""The stats report: tables (Parquet + CSV), figures (PNG) and report.md / report.html.
+"""The stats report: tables (Parquet + CSV) and report.md / report.html around the figures.
 
-Figures are drawn with matplotlib's Agg backend (no display needed); report.md
+The figures come from pipeline.stats.figures (matplotlib, Agg backend); report.md
 links them from ``figures/``, report.html embeds them as base64 PNG so that it is
 one self-contained file.
 """
@@ -13,24 +13,19 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from pipeline import __version__  # noqa: E402
-from pipeline.stats.analysis import (  # noqa: E402
-    BUCKET_LABELS,
-    METRIC_NAMES,
-    METRICS,
-    Gallery,
-    StatsOptions,
-    StatsResult,
+from pipeline import __version__
+from pipeline.stats.figures import (
+    basis_figure,
+    depth_profile_figure,
+    gallery_figure,
+    shift_figure,
+    variance_figure,
 )
-
-ROBUST_COLOR, NORMAL_COLOR = "C1", "C0"
+from pipeline.stats.options import StatsOptions
+from pipeline.stats.result import StatsResult
 
 
 def write_tables(result: StatsResult, out_dir: str) -> None:
@@ -44,159 +39,6 @@ def write_tables(result: StatsResult, out_dir: str) -> None:
                 frame[column] = frame[column].map(lambda v: None if v is None else list(v))
         frame.to_parquet(os.path.join(directory, f"{name}.parquet"), index=False)
         frame.to_csv(os.path.join(directory, f"{name}.csv"), index=False)
-
-
-# --- figures --------------------------------------------------------------------------------------
-def _save(fig: plt.Figure, out_dir: str, name: str) -> str:
-    path = os.path.join(out_dir, "figures", f"{name}.png")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
-
-def depth_profile_figure(profile: pd.DataFrame, out_dir: str) -> str | None:
-    """Box plots like the paper's: metrics in rows, training datasets in columns, robust vs normal per bucket."""
-    if profile.empty:
-        return None
-    datasets = sorted(profile.dataset.unique())
-    fig, axes = plt.subplots(3, len(datasets), figsize=(4.2 * len(datasets) + 1, 9), squeeze=False)
-    for col, dataset in enumerate(datasets):
-        part = profile[profile.dataset == dataset]
-        for row, metric in enumerate(METRICS):
-            ax = axes[row, col]
-            for side, (robust, color) in enumerate(((False, NORMAL_COLOR), (True, ROBUST_COLOR))):
-                data, positions = [], []
-                for bucket in range(len(BUCKET_LABELS)):
-                    values = part.loc[(part.robust == robust) & (part.depth_bucket == bucket), metric].dropna()
-                    if len(values):
-                        data.append(values.to_numpy())
-                        positions.append(bucket + (side - 0.5) * 0.36)
-                if data:
-                    box = ax.boxplot(data, positions=positions, widths=0.32, patch_artist=True, showmeans=True,
-                                     manage_ticks=False, flierprops={"marker": ".", "markersize": 3},
-                                     meanprops={"marker": "^", "markerfacecolor": "black", "markeredgecolor": "black",
-                                                "markersize": 3})
-                    for patch in box["boxes"]:
-                        patch.set_facecolor(color)
-                    for median in box["medians"]:
-                        median.set_color("black")
-            ax.set_xticks(range(len(BUCKET_LABELS)))
-            ax.set_xticklabels(BUCKET_LABELS if row == 2 else [], rotation=35, ha="right", fontsize=7)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel(METRIC_NAMES[metric])
-            if row == 0:
-                ax.set_title(dataset)
-    axes[2, 0].set_xlabel("convolution depth bucket")
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in (NORMAL_COLOR, ROBUST_COLOR)]
-    fig.legend(handles, ["normal", "robust"], loc="upper right")
-    fig.tight_layout()
-    return _save(fig, out_dir, "depth_profile")
-
-
-def variance_figure(result: StatsResult, out_dir: str) -> str | None:
-    bases = {k: b for k, b in result.bases.items() if b is not None}
-    if not bases:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.8))
-    for name, basis in bases.items():
-        ax.plot(range(1, 10), np.cumsum(basis.explained_variance_ratio), marker="o", label=f"{name} (n={basis.n})")
-    ax.set_xlabel("principal components")
-    ax.set_ylabel("cumulative share of explained variance")
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, out_dir, "pca_explained_variance")
-
-
-def basis_figure(result: StatsResult, out_dir: str) -> str | None:
-    bases = {k: b for k, b in result.bases.items() if b is not None}
-    if not bases:
-        return None
-    fig, axes = plt.subplots(len(bases), 9, figsize=(10, 1.35 * len(bases) + 0.3), squeeze=False)
-    limit = max(np.abs(b.components).max() for b in bases.values())
-    for row, (name, basis) in enumerate(bases.items()):
-        for k in range(9):
-            ax = axes[row, k]
-            ax.imshow(basis.components[k].reshape(3, 3), vmin=-limit, vmax=limit, cmap="coolwarm")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_xlabel(f"{basis.explained_variance_ratio[k]:.2f}", fontsize=8)
-            if row == 0:
-                ax.set_title(f"v{k}", fontsize=9)
-        axes[row, 0].set_ylabel(name)
-    fig.tight_layout()
-    return _save(fig, out_dir, "pca_basis")
-
-
-def shift_figure(shift: pd.DataFrame, out_dir: str) -> str | None:
-    """Divergence by depth bucket, one bar per dataset (like the paper's divergence_by_depth)."""
-    if shift.empty or shift.divergence.isna().all():
-        return None
-    per_bucket = shift[shift.depth_bucket >= 0]
-    datasets = sorted(per_bucket.dataset.unique())
-    width = 0.8 / max(1, len(datasets))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for i, dataset in enumerate(datasets):
-        part = per_bucket[per_bucket.dataset == dataset].set_index("depth_bucket")
-        values = [part.divergence.get(b, np.nan) for b in range(len(BUCKET_LABELS))]
-        ax.bar(np.arange(len(BUCKET_LABELS)) + i * width, values, width, label=dataset, zorder=3)
-    ax.set_xticks(np.arange(len(BUCKET_LABELS)) + width * (len(datasets) - 1) / 2)
-    ax.set_xticklabels(BUCKET_LABELS, rotation=25, ha="right", fontsize=8)
-    ax.set_xlabel("convolution depth bucket")
-    ax.set_ylabel("weighted symmetric KL (robust vs normal)")
-    ax.grid(alpha=0.3, zorder=0)
-    ax.legend()
-    return _save(fig, out_dir, "distribution_shift_by_depth")
-
-
-def gallery_tiles(gallery: Gallery, limit: int = 64) -> tuple[np.ndarray, bool]:
-    """Tiles of a first layer: (n, 3, 3, 3) RGB in [0, 1] when it has 3 input channels, else (n, 3, 3) filters."""
-    w = gallery.weights
-    if gallery.in_channels == 3 and w.shape[1] == 3:
-        kernels = np.transpose(w[:limit], (0, 2, 3, 1)).astype(np.float64)  # c_out, 3, 3, RGB
-        scale = np.abs(kernels).reshape(len(kernels), -1).max(axis=1)
-        scale[scale == 0] = 1
-        return kernels / (2 * scale[:, None, None, None]) + 0.5, True
-    return w.reshape(-1, 3, 3)[:limit].astype(np.float64), False
-
-
-def mosaic(tiles: np.ndarray, rgb: bool, cols: int = 16) -> np.ndarray:
-    """One RGB image of 3x3 tiles with a 1-pixel white gap (grey tiles through a diverging colormap)."""
-    if not rgb:
-        limit = np.abs(tiles).max() or 1.0
-        tiles = plt.get_cmap("coolwarm")((tiles / limit + 1) / 2)[..., :3]
-    rows = int(np.ceil(len(tiles) / cols))
-    image = np.ones((rows * 4 + 1, min(cols, len(tiles)) * 4 + 1, 3))
-    for i, tile in enumerate(tiles):
-        r, c = divmod(i, cols)
-        image[1 + 4 * r:4 + 4 * r, 1 + 4 * c:4 + 4 * c] = tile
-    return image
-
-
-def gallery_figure(rows: list[list[Gallery]], out_dir: str) -> str | None:
-    """First-layer filters, one mosaic per model; a pair's robust and normal model side by side."""
-    if not rows:
-        return None
-    cols = max(len(row) for row in rows)
-    images = [[mosaic(*gallery_tiles(g)) for g in row] for row in rows]
-    heights = [max(i.shape[0] for i in row) for row in images]
-    fig, axes = plt.subplots(len(rows), cols, figsize=(8 * cols, sum(0.13 * h + 0.4 for h in heights)),
-                             squeeze=False)
-    for r, (row, row_images) in enumerate(zip(rows, images, strict=True)):
-        for c in range(cols):
-            ax = axes[r, c]
-            ax.set_axis_off()
-            if c >= len(row):
-                continue
-            g = row[c]
-            ax.imshow(row_images[c], interpolation="nearest")
-            rgb = g.in_channels == 3 and g.weights.shape[1] == 3
-            ax.set_title(f"{'robust' if g.robust else 'normal'} | {g.model_id} | {g.layer_name} "
-                         f"({'RGB' if rgb else 'per filter'})", fontsize=9, loc="left")
-    fig.tight_layout()
-    return _save(fig, out_dir, "first_layer_gallery")
 
 
 # --- the document -------------------------------------------------------------------------------
@@ -276,50 +118,63 @@ def _counts(models: pd.DataFrame) -> pd.DataFrame:
     return table[["robust", "normal"]].reset_index()
 
 
-def build_sections(result: StatsResult, out_dir: str, root: str, options: StatsOptions) -> list[Section]:
-    t = result.tables
-    models = t["models"]
-    figures = options.figures
-    sections = [Section("Selection", paragraphs=[
+def _selection_sections(result: StatsResult, root: str) -> list[Section]:
+    """What was selected (models per dataset, notes on left-out layers), then every finding."""
+    models = result.tables["models"]
+    selection = Section("Selection", paragraphs=[
         f"Dataset {root}; selection: {result.selection}; {len(models)} models "
         f"({int(models.robust.sum())} robust, {int((~models.robust).sum())} normal). Depth buckets: the first conv "
         "layer alone (0), then deciles of conv_depth_norm. Only 3x3 layers without NaN/Inf weights carry metrics."],
-        bullets=result.notes, tables=[("Models per training dataset", _counts(models))])]
-    sections.append(Section("Findings", bullets=[f.text for f in result.findings]))
+        bullets=result.notes, tables=[("Models per training dataset", _counts(models))])
+    return [selection, Section("Findings", bullets=[f.text for f in result.findings])]
 
+
+def _depth_section(result: StatsResult, out_dir: str, options: StatsOptions) -> Section:
+    """How the depth profile is aggregated and tested, its box plots and the significant differences."""
+    t = result.tables
     depth = Section("Depth profile: robust vs normal", paragraphs=[
         "Per model and bucket: sparsity = sum of sparse / sum of filters, variance entropy weighted by non-sparse "
         "filters, orthogonality weighted by output channels. Robust vs normal per training dataset and bucket: "
         f"Mann-Whitney U, Holm-corrected over the buckets of each dataset and metric (alpha {options.alpha}); "
         f"tested only with at least {options.min_models} models on each side. Full tables: "
         "tables/depth_profile.*, tables/robust_vs_normal.*."])
-    if figures and (path := depth_profile_figure(t["depth_profile"], out_dir)):
+    if options.figures and (path := depth_profile_figure(t["depth_profile"], out_dir)):
         depth.figures.append(("Metrics by depth bucket (orange robust, blue normal)", path))
     significant = t["robust_vs_normal"][t["robust_vs_normal"].significant]
     if not significant.empty:
         depth.tables.append(("Significant robust vs normal differences", significant[
             ["dataset", "bucket", "metric", "n_robust", "n_normal", "mean_robust", "mean_normal", "p_holm"]]))
-    sections.append(depth)
+    return depth
 
-    pairs = t["pairs"]
+
+def _pairing_section(result: StatsResult, options: StatsOptions) -> Section:
+    """How many pairs, from where, and the unpaired models."""
+    t = result.tables
     pairing = Section("Pairing", paragraphs=[
-        f"{len(pairs)} robust/normal pairs "
+        f"{len(t['pairs'])} robust/normal pairs "
         f"({'from ' + options.pairs_csv if options.pairs_csv else 'same architecture and training dataset'}); "
         f"{len(t['unpaired'])} models unpaired. Tables: tables/pairs.*, tables/unpaired.*, tables/pair_differences.*."])
     if not t["unpaired"].empty:
         pairing.tables.append(("Unpaired models", t["unpaired"].head(40)))
-    sections.append(pairing)
+    return pairing
 
+
+def _pca_section(result: StatsResult, out_dir: str, options: StatsOptions) -> Section:
+    """The PCA bases: cumulative explained variance and the basis images."""
     pca = Section("PCA basis of scaled non-sparse filters", paragraphs=[
         "Computed from the per-layer sufficient statistics (no pass over the filters). Numbers under the basis "
         "images are explained-variance ratios. Tables: tables/pca_explained_variance.*, tables/pca_components.*."])
-    if figures:
+    if options.figures:
         for caption, path in (("Cumulative explained variance", variance_figure(result, out_dir)),
                               ("Basis (rows: all, robust, normal)", basis_figure(result, out_dir))):
             if path:
                 pca.figures.append((caption, path))
-    sections.append(pca)
+    return pca
 
+
+def _shift_section(result: StatsResult, out_dir: str, options: StatsOptions) -> Section:
+    """How the divergence is computed and grouped, its figure by depth and the per-dataset table."""
+    shift_table = result.tables["distribution_shift"]
     shift = Section("Distribution shift", paragraphs=[
         "Filters projected on the full basis; per coefficient a 70-bin histogram over the global coefficient "
         f"range {_range(result.coefficient_range)}, empty bins set to float32 eps, normalised; symmetric KL per "
@@ -327,15 +182,18 @@ def build_sections(result: StatsResult, out_dir: str, root: str, options: StatsO
         + ("the models of the robust/normal pairs, each counted once per pair (as the paper)"
            if options.kl_groups == "pairs" else "all robust vs all normal models, each once")
         + ". p: share of model relabellings with a divergence at least as large."])
-    if figures and (path := shift_figure(t["distribution_shift"], out_dir)):
+    if options.figures and (path := shift_figure(shift_table, out_dir)):
         shift.figures.append(("Divergence by depth bucket", path))
-    if not t["distribution_shift"].empty:
-        shift.tables.append(("Divergence per dataset (all buckets)", t["distribution_shift"].query(
+    if not shift_table.empty:
+        shift.tables.append(("Divergence per dataset (all buckets)", shift_table.query(
             "depth_bucket == -1")[["dataset", "n_robust_models", "n_normal_models", "n_robust_filters",
                                    "n_normal_filters", "divergence", "p_value"]]))
-    sections.append(shift)
+    return shift
 
-    corr = t["correlations"]
+
+def _correlation_section(result: StatsResult) -> Section:
+    """What is correlated with what, and the ten strongest correlations by q."""
+    corr = result.tables["correlations"]
     correlation = Section("Correlation with accuracy (robust models)", paragraphs=[
         "Spearman (and Pearson) correlation of each metric, per bucket and whole model, with clean and robust "
         "accuracy, per dataset and over all datasets; q: Benjamini-Hochberg over the whole table. "
@@ -344,20 +202,34 @@ def build_sections(result: StatsResult, out_dir: str, root: str, options: StatsO
     if not top.empty:
         correlation.tables.append(("Strongest correlations", top[
             ["dataset", "bucket", "metric", "accuracy", "n", "spearman_rho", "spearman_q", "pearson_r"]]))
-    sections.append(correlation)
+    return correlation
 
+
+def _gallery_section(result: StatsResult, out_dir: str, options: StatsOptions) -> Section:
+    """The first-layer mosaics, or why there are none."""
     gallery = Section("First-layer filters", paragraphs=[
         "The first 3x3 conv layer of chosen models, robust and normal model of a pair side by side (RGB "
         "per output channel when the layer has 3 input channels, each kernel scaled to its own max |w|; "
         "else one tile per filter, first 64)."])
-    if figures and (path := gallery_figure(result.galleries, out_dir)):
+    if options.figures and (path := gallery_figure(result.galleries, out_dir)):
         gallery.figures.append(("First-layer filters", path))
     elif not result.galleries:
         gallery.paragraphs.append("No models to show (no pairs and no --gallery models).")
-    sections.append(gallery)
+    return gallery
+
+
+def _run_section(result: StatsResult) -> Section:
+    """The filterlens version and the timings of the run."""
     timing = ", ".join(f"{k} {v:.2f}s" if isinstance(v, float) else f"{k} {v}" for k, v in result.timings.items())
-    sections.append(Section("Run", paragraphs=[f"filterlens {__version__}; {timing}."]))
-    return sections
+    return Section("Run", paragraphs=[f"filterlens {__version__}; {timing}."])
+
+
+def build_sections(result: StatsResult, out_dir: str, root: str, options: StatsOptions) -> list[Section]:
+    """The report's sections in order; figures are drawn into ``out_dir`` unless ``options.figures`` is off."""
+    return [*_selection_sections(result, root), _depth_section(result, out_dir, options),
+            _pairing_section(result, options), _pca_section(result, out_dir, options),
+            _shift_section(result, out_dir, options), _correlation_section(result),
+            _gallery_section(result, out_dir, options), _run_section(result)]
 
 
 def _range(value: tuple[float, float] | None) -> str:

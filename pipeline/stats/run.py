@@ -1,7 +1,27 @@
 """``run_stats``: every analysis over a selection, then the tables, figures and report.
 
-Computing (``pipeline.stats.analysis``) and rendering (``pipeline.stats.report``)
-stay apart; this module is the one place that calls both, in order.
+``run_stats(root, out_dir, StatsOptions(...))`` selects models (selection.py), then computes
+
+* the depth profile (profile.py): per model and depth bucket (first conv alone, then deciles
+  of conv_depth_norm) sparsity, variance entropy and orthogonality, aggregated as the paper
+  does, and robust vs normal per training dataset (Mann-Whitney U per bucket, Holm-corrected
+  across the buckets of a dataset and metric);
+* the pairing of robust with normal models (pairing.py: same architecture and dataset, or a
+  table) and the per-pair differences (differences.py);
+* PCA bases (all / robust / normal) from the per-layer sufficient statistics (pca.py);
+* the distribution shift (divergence.py: symmetric KL of coefficient histograms, see shift.py)
+  per dataset, overall and per bucket, with a permutation test of the model labels;
+* correlations of every metric with clean and robust accuracy across robust models
+  (correlations.py);
+* first-layer galleries (galleries.py) and the findings in words (findings.py); and writes
+  every table (Parquet + CSV), the figures and a one-page report (report.py).
+
+The SQL lives in ``pipeline/stats/sql/*.sql`` (queries.py); it runs in DuckDB over the
+dataset's views. The two passes over the filters run the numba kernels of shift.py (or, with
+``engine="duckdb"``, ``sql/coefficient_*.sql`` set up by scan.py; same numbers).
+
+Computing (every module above) and rendering (``pipeline.stats.report``) stay apart; this
+module is the one place that calls both, in order.
 """
 
 from __future__ import annotations
@@ -14,34 +34,25 @@ import pandas as pd
 
 from pipeline.dataset.query import FilterDataset, open_dataset
 from pipeline.stats import report
-from pipeline.stats.analysis import (
-    BUCKET_LABELS,
-    N_BUCKETS,
-    StatsOptions,
-    StatsResult,
-    basis_tables,
-    compare_robust_normal,
-    correlation_findings,
-    correlations,
-    depth_findings,
-    describe_selection,
-    distribution_shift,
+from pipeline.stats.correlations import correlations
+from pipeline.stats.differences import pair_differences
+from pipeline.stats.divergence import distribution_shift, group_histograms
+from pipeline.stats.findings import correlation_findings, depth_findings, shift_findings
+from pipeline.stats.galleries import galleries, gallery_models
+from pipeline.stats.options import StatsOptions
+from pipeline.stats.pairing import auto_pairs, read_pairs_table, table_pairs
+from pipeline.stats.pca import basis_tables, pca_bases
+from pipeline.stats.profile import BUCKET_LABELS, N_BUCKETS, compare_robust_normal, model_profile
+from pipeline.stats.queries import run_sql
+from pipeline.stats.result import StatsResult
+from pipeline.stats.scan import (
     duckdb_coefficient_histograms,
     duckdb_coefficient_range,
     file_opener,
-    galleries,
-    gallery_models,
-    group_histograms,
-    model_profile,
-    pair_differences,
-    pca_bases,
-    run_sql,
     scan_engine,
     scan_targets,
-    select_models,
-    shift_findings,
 )
-from pipeline.stats.pairing import auto_pairs, read_pairs_table, table_pairs
+from pipeline.stats.selection import describe_selection, select_models
 from pipeline.stats.shift import (
     N_BINS,
     bin_edges,

@@ -35,18 +35,14 @@ from tqdm import tqdm
 
 from pipeline.atomic_write import write_bytes_atomic
 from pipeline.checkpoints.arch_spec import parse_arch_spec
-from pipeline.checkpoints.bind import instantiate
+from pipeline.checkpoints.architectures import instantiate
 from pipeline.digest import sha256_file
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.train.config import RECIPE_VERSION, TrainConfig
 from pipeline.train.data import ImageData, load_split
+from pipeline.zoo.zoo_file import ZooEntry
 
 log = logging.getLogger(__name__)
-
-ZOO_KEYS = ("id", "source", "sha256", "arch", "dataset", "threat_model", "robust", "input_shape",
-            "architecture", "clean_acc", "robust_acc", "eps", "extra_data", "metadata")
-"""Keys of one zoo entry, in the order they are written (the build reads these)."""
-
 
 @dataclass
 class TrainResult:
@@ -284,7 +280,7 @@ def architecture_name(arch: str, model_class: str = "") -> str:
 
 
 def zoo_entry(config: TrainConfig, result: TrainResult, source: str, sha256: str) -> dict:
-    """The zoo YAML entry of a trained model (keys in ZOO_KEYS order)."""
+    """The zoo YAML entry of a trained model (a ZooEntry in zoo-file form)."""
     step_size = config.eval_step_size if config.eval_step_size is not None else 2.5 * config.eps / max(1, config.eval_steps)
     metadata = {
         "seed": config.seed,
@@ -306,23 +302,13 @@ def zoo_entry(config: TrainConfig, result: TrainResult, source: str, sha256: str
         "config_hash": config.config_hash(),
         "recipe_version": RECIPE_VERSION,
     }
-    entry = {
-        "id": config.model_id,
-        "source": source,
-        "sha256": sha256,
-        "arch": config.arch,
-        "dataset": config.dataset,
-        "threat_model": config.threat_model,
-        "robust": config.adversarial,
-        "input_shape": f"3x{config.image_size}x{config.image_size}",
-        "architecture": architecture_name(config.arch, result.model_class),
-        "clean_acc": round(result.clean_acc, 2),
-        "robust_acc": round(result.robust_acc, 2),
-        "eps": round(config.eps, 7),
-        "extra_data": False,
-        "metadata": metadata,
-    }
-    return {k: entry[k] for k in ZOO_KEYS}
+    entry = ZooEntry(
+        model_id=config.model_id, sources=[source], sha256=sha256, arch=config.arch, dataset=config.dataset,
+        threat_model=config.threat_model, robust=config.adversarial, input_shape=(3, config.image_size, config.image_size),
+        architecture=architecture_name(config.arch, result.model_class), clean_acc=round(result.clean_acc, 2),
+        robust_acc=round(result.robust_acc, 2), eps=round(config.eps, 7), extra_data=False, metadata=metadata,
+    )
+    return entry.to_yaml_dict()
 
 
 def read_zoo(path: str) -> dict:

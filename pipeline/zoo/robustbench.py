@@ -17,9 +17,9 @@ import os
 from pathlib import Path
 
 from pipeline.checkpoints.arch_spec import ArchSpec
-from pipeline.checkpoints.bind import import_robustbench, robustbench_timm_name
+from pipeline.checkpoints.robustbench import import_robustbench, robustbench_timm_name
 from pipeline.errors import ConfigError
-from pipeline.zoo.zoo_file import ZooEntry, _number
+from pipeline.zoo.zoo_file import ZooEntry, parse_number
 
 log = logging.getLogger(__name__)
 
@@ -147,16 +147,16 @@ def robustbench_catalog(model_info: str | os.PathLike | None = None, fetch: bool
         standard = name.startswith("Standard")
         robust_acc = meta.get("autoattack_acc") if threat_model != "corruptions" else meta.get("corruptions_acc")
         entry = ZooEntry(
-            id=f"robustbench/{dataset}/{threat_model}/{name}",
+            model_id=f"robustbench/{dataset}/{threat_model}/{name}",
             sources=sources,
             arch=f"robustbench:{dataset}:{threat_model}:{name}",
             dataset=dataset,
             threat_model="none" if standard else threat_model,
             robust=not standard,
             architecture=meta.get("architecture"),
-            clean_acc=_number(meta.get("clean_acc"), "clean_acc", name),
-            robust_acc=_number(robust_acc, "robust_acc", name) if robust_acc not in (None, "") else None,
-            eps=_number(meta.get("eps"), "eps", name) if meta.get("eps") not in (None, "") else None,
+            clean_acc=parse_number(meta.get("clean_acc"), "clean_acc", name),
+            robust_acc=parse_number(robust_acc, "robust_acc", name) if robust_acc not in (None, "") else None,
+            eps=parse_number(meta.get("eps"), "eps", name) if meta.get("eps") not in (None, "") else None,
             extra_data=meta.get("additional_data"),
             paper=meta.get("title") or meta.get("link"),
             venue=meta.get("venue"),

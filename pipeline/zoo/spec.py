@@ -1,11 +1,11 @@
-"""What is known about one model before extraction: threat models, input shapes, the extraction request.
+"""What is known about one model before extraction: ``ModelSpec``, threat models, input shapes, the request.
 
 Light on purpose (no torch): zoo files, the CLI and the extractor all import it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from pipeline.errors import ConfigError
 
@@ -27,16 +27,18 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
 
 
 @dataclass
-class ModelRequest:
-    """Everything needed to extract one model from local checkpoint file(s)."""
+class ModelSpec:
+    """What is known about one model before extraction: its identity and the models table's descriptive columns.
+
+    Zoo entries (``zoo_file.ZooEntry``), extraction requests (``ModelRequest``) and
+    the training zoo writer all carry exactly these fields.
+    """
 
     model_id: str
-    checkpoints: list[str]
     arch: str | None = None
     dataset: str = "unknown"
     threat_model: str = "none"
     robust: bool = False
-    source_uri: str | None = None
     input_shape: tuple[int, ...] | None = None
     architecture: str | None = None
     clean_acc: float | None = None
@@ -46,14 +48,33 @@ class ModelRequest:
     paper: str | None = None
     venue: str | None = None
     metadata: dict = field(default_factory=dict)
-    digest: tuple[str, int] | None = None
-    """(sha256, bytes) of the checkpoint files when already known (a build's download computed it)."""
 
     def __post_init__(self) -> None:
         if not self.model_id or not self.model_id.strip():
             raise ConfigError("model_id must not be empty")
         if self.threat_model not in THREAT_MODELS:
             raise ConfigError(f"threat model {self.threat_model!r} is not one of {', '.join(THREAT_MODELS)}")
+
+    def spec(self) -> ModelSpec:
+        """Just the ModelSpec part (a copy, metadata included)."""
+        values = {f.name: getattr(self, f.name) for f in fields(ModelSpec)}
+        return ModelSpec(**{**values, "metadata": dict(self.metadata)})
+
+
+SPEC_FIELDS = tuple(f.name for f in fields(ModelSpec))
+"""The ModelSpec field names, in order."""
+
+
+@dataclass
+class ModelRequest(ModelSpec):
+    """A ModelSpec plus its checkpoint file(s), local and ready to extract."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    source_uri: str | None = None
+    digest: tuple[str, int] | None = None
+    """(sha256, bytes) of the checkpoint files when already known (a build's download computed it)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.checkpoints, str):
             self.checkpoints = [self.checkpoints]
-

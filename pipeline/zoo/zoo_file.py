@@ -37,53 +37,33 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.zoo.spec import THREAT_MODELS, ModelRequest, parse_input_shape
+from pipeline.zoo.spec import SPEC_FIELDS, THREAT_MODELS, ModelRequest, ModelSpec, parse_input_shape
 
-ENTRY_KEYS = {"id", "source", "sha256", "arch", "dataset", "threat_model", "robust", "input_shape", "architecture",
-              "clean_acc", "robust_acc", "eps", "extra_data", "paper", "venue", "metadata"}
+ENTRY_KEYS = ("id", "source", "sha256", *[k for k in SPEC_FIELDS if k != "model_id"])
+"""The keys of one zoo-file entry, in the order they are written: ``id`` is the ModelSpec's model_id."""
 
 
 @dataclass
-class ZooEntry:
-    """One model of a zoo: where its checkpoint is and what is known about it."""
+class ZooEntry(ModelSpec):
+    """One model of a zoo: its ModelSpec, where its checkpoint is, and its expected digest."""
 
-    id: str
-    sources: list[str]
+    sources: list[str] = field(default_factory=list)
     sha256: str | None = None
-    arch: str | None = None
-    dataset: str = "unknown"
-    threat_model: str = "none"
-    robust: bool = False
-    input_shape: str | None = None
-    architecture: str | None = None
-    clean_acc: float | None = None
-    robust_acc: float | None = None
-    eps: float | None = None
-    extra_data: bool | None = None
-    paper: str | None = None
-    venue: str | None = None
-    metadata: dict = field(default_factory=dict)
 
     def request(self, paths: Sequence[str]) -> ModelRequest:
         """The extraction request for this entry once its checkpoint files are local."""
-        return ModelRequest(
-            model_id=self.id, checkpoints=list(paths), arch=self.arch, dataset=self.dataset,
-            threat_model=self.threat_model, robust=self.robust, source_uri=" ".join(self.sources),
-            input_shape=parse_input_shape(self.input_shape), architecture=self.architecture,
-            clean_acc=self.clean_acc, robust_acc=self.robust_acc, eps=self.eps, extra_data=self.extra_data,
-            paper=self.paper, venue=self.venue, metadata=dict(self.metadata),
-        )
+        return ModelRequest(**asdict(self.spec()), checkpoints=list(paths), source_uri=" ".join(self.sources))
 
     def to_yaml_dict(self) -> dict:
-        """The entry in zoo-file form (``source`` singular when there is one)."""
-        raw = {k: v for k, v in asdict(self).items() if v not in (None, {}, [])}
-        sources = raw.pop("sources", [])
-        out = {"id": raw.pop("id"), "source": sources[0] if len(sources) == 1 else sources}
-        out.update(raw)
-        return out
+        """The entry in zoo-file form (``source`` singular when there is one; keys in ENTRY_KEYS order)."""
+        values = {**asdict(self), "id": self.model_id,
+                  "source": self.sources[0] if len(self.sources) == 1 else list(self.sources),
+                  "input_shape": "x".join(map(str, self.input_shape)) if self.input_shape else None}
+        return {k: values[k] for k in ENTRY_KEYS if values[k] not in (None, {}, [])}
 
 
-def _number(value: object, key: str, where: str) -> float | None:
+def parse_number(value: object, key: str, where: str) -> float | None:
+    """A zoo number: a float, an int, or a fraction such as ``8/255``; None stays None."""
     if value is None:
         return None
     if isinstance(value, str) and "/" in value:  # "8/255"
@@ -102,7 +82,7 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
     """Validate one zoo-file entry; relative local sources are resolved against ``base_dir``."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: each model must be a mapping, got {type(raw).__name__}")
-    unknown = set(raw) - ENTRY_KEYS
+    unknown = set(raw) - set(ENTRY_KEYS)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(ENTRY_KEYS)}")
     if not raw.get("id"):
@@ -127,12 +107,12 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
     if input_shape is not None and not re.fullmatch(r"\d+x\d+x\d+", str(input_shape)):
         raise ConfigError(f"{where} ({raw['id']}): input_shape must be CxHxW, e.g. 3x32x32")
     return ZooEntry(
-        id=str(raw["id"]), sources=sources, sha256=raw.get("sha256"), arch=raw.get("arch"),
+        model_id=str(raw["id"]), sources=sources, sha256=raw.get("sha256"), arch=raw.get("arch"),
         dataset=str(raw.get("dataset", "unknown")), threat_model=threat_model, robust=robust,
-        input_shape=str(input_shape) if input_shape else None, architecture=raw.get("architecture"),
-        clean_acc=_number(raw.get("clean_acc"), "clean_acc", where),
-        robust_acc=_number(raw.get("robust_acc"), "robust_acc", where),
-        eps=_number(raw.get("eps"), "eps", where), extra_data=raw.get("extra_data"),
+        input_shape=parse_input_shape(str(input_shape)) if input_shape else None, architecture=raw.get("architecture"),
+        clean_acc=parse_number(raw.get("clean_acc"), "clean_acc", where),
+        robust_acc=parse_number(raw.get("robust_acc"), "robust_acc", where),
+        eps=parse_number(raw.get("eps"), "eps", where), extra_data=raw.get("extra_data"),
         paper=raw.get("paper"), venue=raw.get("venue"), metadata=metadata,
     )
 
@@ -153,9 +133,9 @@ def load_zoo_file(path: str | os.PathLike) -> list[ZooEntry]:
                            f"{path}: models[{i}]") for i, raw in enumerate(doc["models"])]
     seen: set[str] = set()
     for entry in entries:
-        if entry.id in seen:
-            raise ConfigError(f"{path}: model id {entry.id!r} appears twice")
-        seen.add(entry.id)
+        if entry.model_id in seen:
+            raise ConfigError(f"{path}: model id {entry.model_id!r} appears twice")
+        seen.add(entry.model_id)
     return entries
 
 
@@ -177,8 +157,8 @@ def select(entries: Sequence[ZooEntry], datasets: Sequence[str] | None = None,
                   or any(b.get("threat_model") in threat_models for b in e.metadata.get("leaderboards", []))]
     if models:
         wanted = set(models)
-        chosen = [e for e in chosen if e.id in wanted or e.id.rsplit("/", 1)[-1] in wanted]
-        found = {e.id for e in chosen} | {e.id.rsplit("/", 1)[-1] for e in chosen}
+        chosen = [e for e in chosen if e.model_id in wanted or e.model_id.rsplit("/", 1)[-1] in wanted]
+        found = {e.model_id for e in chosen} | {e.model_id.rsplit("/", 1)[-1] for e in chosen}
         missing = sorted(wanted - found)
         if missing:
             raise ConfigError(f"no model named {', '.join(missing)} in the zoo (see filterlens zoo list)")

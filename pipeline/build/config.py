@@ -1,0 +1,81 @@
+"""What a build is asked to do (``BuildConfig``) and what it did (``BuildSummary``, merged with ``+``).
+
+Standard library only: the CLI reads its defaults from ``BuildConfig`` at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.fetch.download import FetchPolicy
+
+
+def default_checkpoint_cache() -> Path:
+    return Path(os.environ.get("FILTERLENS_CACHE", Path.home() / ".cache" / "filterlens")) / "checkpoints"
+
+
+@dataclass
+class BuildConfig:
+    """Everything a build needs besides the zoo."""
+
+    out: str
+    backend: str = "ray"
+    address: str | None = None
+    device: str = "auto"
+    extractors: int | None = None
+    max_downloads: int = 4
+    prefetch: int = 2
+    cache_dir: str = field(default_factory=lambda: str(default_checkpoint_cache()))
+    cache_max_gb: float | None = None
+    keep_checkpoints: bool = False
+    mirror: str | None = None
+    force: bool = False
+    retries: int = 3
+    timeout_s: float = 60.0
+    stall_timeout_s: float = 300.0
+    progress: bool = True
+
+    def policy(self) -> FetchPolicy:
+        from pipeline.fetch.download import FetchPolicy  # requests: only when a build runs
+
+        return FetchPolicy(retries=self.retries, read_timeout_s=self.timeout_s)
+
+
+@dataclass
+class BuildSummary:
+    """Counts and timings of a build; summaries of parts merge with ``+``."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    filters: int = 0
+    downloaded_bytes: int = 0
+    download_seconds: float = 0.0
+    extract_seconds: float = 0.0
+    wait_download_seconds: float = 0.0
+    busy_extract_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    failures: list[dict] = field(default_factory=list)
+
+    def __add__(self, other: BuildSummary) -> BuildSummary:
+        values = {k: getattr(self, k) + getattr(other, k) for k in asdict(self) if k != "failures"}
+        return BuildSummary(**values, failures=self.failures + other.failures)
+
+    def exit_code(self, allow_failures: bool = False) -> int:
+        return 3 if self.failed and not allow_failures else 0
+
+    def text(self) -> str:
+        lines = [f"{self.done} models extracted, {self.skipped} skipped (already complete), {self.failed} failed "
+                 f"in {self.wall_seconds:.1f}s: {self.filters} filters, "
+                 f"{self.downloaded_bytes / 1e6:.1f} MB downloaded"]
+        if self.wall_seconds > 0 and self.done:
+            lines.append(f"  {60 * self.done / self.wall_seconds:.1f} models/min, "
+                         f"{self.filters / self.wall_seconds / 1e6:.2f} M filters/s")
+        for failure in self.failures:
+            lines.append(f"  FAILED {failure['model_id']}: [{failure['stage']}] {failure['error_class']}: "
+                         f"{failure['message']}")
+        return "\n".join(lines)

@@ -1,0 +1,72 @@
+"""The per-model steps every backend runs: fetch, extract, record a failure.
+
+``BuildSteps`` bundles them; the local runner calls them in a loop and the Ray
+runner inside its tasks and actors, so backends differ only in scheduling (the
+datatrove / img2dataset distributor pattern). Tests pass their own steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.dataset.store import DatasetStore
+from pipeline.fetch.download import FetchedCheckpoint, fetch_entry
+from pipeline.zoo.zoo_file import ZooEntry
+
+if TYPE_CHECKING:
+    from pipeline.extract.extractor import ExtractResult
+
+
+def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, device: str,
+                    force: bool = False, keep_checkpoints: bool = False) -> ExtractResult:
+    """The per-model unit every backend runs after the download: extract, then free the cache."""
+    from pipeline.extract.extractor import extract_model  # torch: only where extraction runs
+
+    request = entry.request(fetched.paths)
+    request.digest = (fetched.sha256, fetched.n_bytes)  # hashed by the download: not read again
+    result = extract_model(request, store, device=device, force=force, progress=False)
+    if not keep_checkpoints:
+        fetched.delete_owned()
+    return result
+
+
+def record_build_failure(store: DatasetStore, entry: ZooEntry, exc: BaseException, attempts: int,
+                         duration_s: float) -> dict:
+    """Write the failures row of a zoo entry and return it (for the summary)."""
+    return store.record_failure(entry.model_id, entry.dataset, " ".join(entry.sources), exc, attempts, duration_s)
+
+
+class KeptCheckpoints:
+    """Checkpoints kept after extraction (--keep-checkpoints), evicted oldest first beyond a byte budget.
+
+    Only files whose model is done are ever evicted, so a checkpoint waiting for
+    its extraction is never deleted under it.
+    """
+
+    def __init__(self, max_bytes: float | None) -> None:
+        self.max_bytes = max_bytes
+        self.kept: list[tuple[str, int]] = []
+
+    def add(self, fetched: FetchedCheckpoint) -> list[str]:
+        """Remember a finished model's cached files; return the files evicted to stay within budget."""
+        self.kept += [(p, Path(p).stat().st_size) for p, owned in zip(fetched.paths, fetched.owned, strict=True)
+                      if owned and Path(p).exists()]
+        evicted = []
+        while self.max_bytes is not None and self.kept and sum(n for _, n in self.kept) > self.max_bytes:
+            path, _ = self.kept.pop(0)
+            Path(path).unlink(missing_ok=True)
+            evicted.append(path)
+        return evicted
+
+
+@dataclass(frozen=True)
+class BuildSteps:
+    """The functions a runner calls for one model (module-level functions, so Ray can ship them)."""
+
+    fetch: Callable[..., FetchedCheckpoint] = fetch_entry
+    """``fetch(entry, cache_dir, mirror, policy, on_bytes=None) -> FetchedCheckpoint``"""
+    extract: Callable[..., ExtractResult] = extract_fetched
+    """``extract(entry, fetched, store, device, force, keep_checkpoints) -> ExtractResult``"""

@@ -1,0 +1,127 @@
+"""Order a network's 2D convs by one dummy forward pass; ``bind_and_trace`` builds, binds and traces."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.checkpoints.arch_spec import ArchSpec
+from pipeline.checkpoints.architectures import input_shape_for, instantiate
+from pipeline.checkpoints.bind import BindReport, bind_members, materialize_meta_tensors
+from pipeline.checkpoints.load import ConvWeight
+from pipeline.errors import ArchitectureMismatchError, ForwardPassError, UnknownArchitectureError
+
+log = logging.getLogger(__name__)
+
+
+def _fmt_pair(value: object) -> str | None:
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(int(v)) for v in value)
+    if isinstance(value, int):
+        return f"{value}x{value}"
+    return None
+
+
+@dataclass
+class TraceResult:
+    convs: list[ConvWeight]
+    n_params: int
+    n_params_unused: int
+
+
+def trace_convs(model: nn.Module, input_shape: Sequence[int], device: torch.device) -> TraceResult:
+    """Run one forward pass on a seeded dummy input and return the 2D convs in the order they ran.
+
+    A conv that never runs is not part of the dataset; a conv that runs twice
+    (weight sharing) counts once, at its first call. Parameters of modules that
+    never ran are counted as unused.
+    """
+    model = model.to(device).eval()
+    names = {m: n for n, m in model.named_modules()}
+    executed: set[nn.Module] = set()
+    order: list[nn.Module] = []
+
+    def pre_hook(module: nn.Module, _inputs: object) -> None:
+        if module not in executed:
+            executed.add(module)
+            if isinstance(module, nn.Conv2d):
+                order.append(module)
+
+    handles = [m.register_forward_pre_hook(pre_hook) for m in model.modules()]
+    generator = torch.Generator().manual_seed(0)
+    dummy = torch.randn((1, *input_shape), generator=generator).to(device)
+    try:
+        with torch.no_grad():
+            model(dummy)
+    except Exception as exc:
+        raise ForwardPassError(
+            f"the dummy forward pass with input 1x{'x'.join(map(str, input_shape))} failed "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "pass --input-shape or check --arch") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    n_params, n_unused = _count_params(model, executed)
+    convs = [ConvWeight(name=names[m] or "<root>", weight=m.weight.detach(), groups=int(m.groups),
+                        stride=_fmt_pair(m.stride), dilation=_fmt_pair(m.dilation), has_bias=m.bias is not None)
+             for m in order]
+    return TraceResult(convs=convs, n_params=n_params, n_params_unused=n_unused)
+
+
+def _count_params(model: nn.Module, executed: set[nn.Module]) -> tuple[int, int]:
+    """(all parameters, those of modules that never ran), each shared tensor counted once."""
+    seen: set[int] = set()
+    n_params = n_unused = 0
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen:
+                continue
+            seen.add(id(param))
+            n_params += param.numel()
+            if module not in executed:
+                n_unused += param.numel()
+    return n_params, n_unused
+
+
+@dataclass
+class BoundModel:
+    traced: TraceResult
+    report: BindReport
+    input_shape: tuple[int, ...]
+
+
+def bind_and_trace(spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]], raw_members: Sequence[object],
+                   device: torch.device, dataset: str | None = None, input_shape: tuple[int, ...] | None = None,
+                   num_classes: int | None = None) -> BoundModel:
+    """Build ``spec``, bind the weights, and trace the conv order.
+
+    The model is first built on the meta device (no random initialisation: the
+    weights come from the checkpoint); code that cannot run that way falls back
+    to an ordinary build. Mismatches between checkpoint and architecture are
+    raised either way.
+    """
+    last_error: Exception | None = None
+    for on_meta in (True, False):
+        try:
+            model = instantiate(spec, num_classes=num_classes, on_meta=on_meta)
+            report = bind_members(model, spec, state_dicts, raw_members)
+            if on_meta:
+                materialize_meta_tensors(model)
+            shape = input_shape or input_shape_for(spec, dataset, model)
+            traced = trace_convs(model, shape, device)
+            for conv in traced.convs:
+                conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
+            return BoundModel(traced, report, shape)
+        except (ArchitectureMismatchError, UnknownArchitectureError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - retried once without the meta device
+            if not on_meta:
+                raise
+            log.debug("meta-device build of %s failed (%s); building it normally", spec, exc)
+            last_error = exc
+    raise ForwardPassError(str(last_error))

@@ -1,0 +1,49 @@
+"""Choosing the models of a run: ``--where``, ``--datasets`` and ``--threat-models`` as DuckDB temp tables."""
+
+from __future__ import annotations
+
+import duckdb
+import pandas as pd
+
+from pipeline.dataset.query import FilterDataset
+from pipeline.errors import ConfigError, EmptySelectionError
+from pipeline.stats.options import StatsOptions
+from pipeline.stats.queries import load_sql, run_sql
+
+
+def select_models(ds: FilterDataset, options: StatsOptions) -> pd.DataFrame:
+    """Create the temp table selected_models (and the view selected_layers); return the models."""
+    where = (options.where or "").strip() or "true"
+    text = load_sql("select_models").replace("{where}", where)
+    try:
+        statements = ds.con.extract_statements(text)
+    except duckdb.Error as exc:
+        raise ConfigError(f"--where {where!r} does not parse: {str(exc).splitlines()[0]}") from None
+    if len(statements) != 1:
+        raise ConfigError(f"--where must be one predicate on the models table, not {where!r}")
+    try:
+        ds.con.execute(text, {"datasets": list(options.datasets), "threat_models": list(options.threat_models)})
+    except duckdb.Error as exc:
+        raise ConfigError(f"--where {where!r} is not a valid predicate on the models table: "
+                          f"{str(exc).splitlines()[0]}") from None
+    run_sql(ds, "selected_layers")
+    models = ds.con.execute("SELECT * FROM selected_models ORDER BY dataset, robust DESC, model_id").df()
+    if models.empty:
+        n_all = ds.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
+        raise EmptySelectionError(
+            f"the selection ({describe_selection(options)}) matches none of the {n_all} models in {ds.root}; "
+            "check --where/--datasets/--threat-models against `filterlens sql DATASET 'SELECT dataset, "
+            "threat_model, robust, count(*) FROM models GROUP BY ALL'`")
+    return models
+
+
+def describe_selection(options: StatsOptions) -> str:
+    """The selection in words, for the report and error messages ("all models" when nothing narrows it)."""
+    parts = []
+    if options.where:
+        parts.append(f"where {options.where}")
+    if options.datasets:
+        parts.append("datasets " + ", ".join(options.datasets))
+    if options.threat_models:
+        parts.append("robust threat models " + ", ".join(options.threat_models))
+    return "; ".join(parts) or "all models"

@@ -1,0 +1,101 @@
+"""The distributed build's decisions, without a cluster: assignment, backpressure, retries, dead actors."""
+
+from __future__ import annotations
+
+from pipeline.build.scheduler import BuildScheduler, Job
+from pipeline.errors import SchedulingError
+from pipeline.zoo.zoo_file import ZooEntry
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(n_models: int, n_actors: int, **kw: int) -> tuple[BuildScheduler, list, Clock]:
+    failures: list = []
+    clock = Clock()
+    options = {"max_downloads": 4, "prefetch": 1, "retries": 3, "max_actor_restarts": 1, **kw}
+    scheduler = BuildScheduler([ZooEntry(model_id=f"m{i}", sources=[f"s{i}"]) for i in range(n_models)], n_actors,
+                               on_failure=lambda job, exc, attempts, s: failures.append(
+                                   (job.entry.model_id, type(exc).__name__, attempts, s)),
+                               clock=clock, **options)
+    return scheduler, failures, clock
+
+
+def ids(jobs: list[Job]) -> list[tuple[str, int]]:
+    return [(j.entry.model_id, j.actor) for j in jobs]
+
+
+def test_downloads_go_to_the_least_loaded_actor_within_max_downloads() -> None:
+    scheduler, _, _ = make(10, 3, max_downloads=4, prefetch=5)
+    assert ids(scheduler.downloads_to_start()) == [("m0", 0), ("m1", 1), ("m2", 2), ("m3", 0)]
+    assert scheduler.downloads_to_start() == []  # four in flight: the cap
+    assert scheduler.downloads == [2, 1, 1]
+
+
+def test_prefetch_bounds_each_actors_pipe() -> None:
+    scheduler, _, _ = make(10, 2, max_downloads=10, prefetch=1)
+    first = scheduler.downloads_to_start()
+    assert ids(first) == [("m0", 0), ("m1", 1), ("m2", 0), ("m3", 1)]  # load <= prefetch + 1 per actor
+    for job in first:
+        scheduler.download_done(job, {"paths": []})
+    started = scheduler.extractions_to_start()
+    assert ids(started) == [("m0", 0), ("m1", 1)]
+    assert scheduler.downloads_to_start() == []  # each actor: one extracting, one waiting
+    scheduler.extraction_done(started[0])
+    assert ids(scheduler.downloads_to_start()) == [("m4", 0)]
+
+
+def test_transient_failures_retry_at_the_front_then_fail_with_all_attempts() -> None:
+    scheduler, failures, clock = make(2, 1, retries=2, prefetch=0)
+    job = scheduler.downloads_to_start()[0]
+    clock.now = 5.0
+    scheduler.download_failed(job, OSError("reset"), transient=True)
+    assert list(scheduler.todo)[0][0].model_id == "m0" and list(scheduler.todo)[0][1] == 2
+    retry = scheduler.downloads_to_start()[0]
+    assert (retry.entry.model_id, retry.attempt) == ("m0", 2)
+    clock.now = 7.5
+    scheduler.download_failed(retry, OSError("reset"), transient=True)
+    assert failures == [("m0", "OSError", 2, 7.5)]  # seconds since the first attempt started
+
+
+def test_a_deterministic_failure_is_final_at_once() -> None:
+    scheduler, failures, _ = make(1, 1)
+    job = scheduler.downloads_to_start()[0]
+    scheduler.download_done(job, {})
+    scheduler.extractions_to_start()
+    scheduler.extraction_failed(job, ValueError("bad checkpoint"), transient=False)
+    assert failures == [("m0", "ValueError", 1, 0.0)]
+    assert scheduler.finished()
+
+
+def test_an_actor_dead_beyond_its_restarts_hands_its_queue_back() -> None:
+    scheduler, failures, _ = make(4, 2, max_downloads=4, prefetch=1, max_actor_restarts=0)
+    jobs = scheduler.downloads_to_start()
+    for job in jobs:
+        scheduler.download_done(job, {})
+    running = scheduler.extractions_to_start()
+    assert ids(running) == [("m0", 0), ("m1", 1)]
+    assert scheduler.actor_died(running[0], RuntimeError("OOM")) is False
+    assert scheduler.alive == [False, True] and scheduler.waiting[0] == type(scheduler.waiting[0])()
+    # m0 is retried (attempt 2) and m2, which waited on actor 0, goes back to the queue
+    assert sorted((e.model_id, a) for e, a in scheduler.todo) == [("m0", 2), ("m2", 1)]
+    assert all(j.actor == 1 for j in scheduler.downloads_to_start())
+    assert failures == []
+
+
+def test_when_no_actor_is_left_the_rest_fail_with_a_scheduling_error() -> None:
+    scheduler, failures, _ = make(3, 1, max_downloads=1, prefetch=0, max_actor_restarts=0, retries=1)
+    job = scheduler.downloads_to_start()[0]
+    scheduler.download_done(job, {})
+    scheduler.extractions_to_start()
+    scheduler.actor_died(job, RuntimeError("OOM"))
+    assert failures == [("m0", "RuntimeError", 1, 0.0)]  # retries=1: no second attempt
+    assert scheduler.strand_if_no_actor() == 2
+    assert [(m, e) for m, e, _, _ in failures[1:]] == [("m1", SchedulingError.__name__),
+                                                         ("m2", SchedulingError.__name__)]
+    assert scheduler.finished()
