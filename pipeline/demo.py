@@ -32,7 +32,7 @@ from pipeline.errors import BuildFailedError, ConfigError
 from pipeline.train.config import DEMO_ARCHS, TrainConfig, demo_arch_spec
 
 if TYPE_CHECKING:
-    from pipeline.train.recipe import ZooSummary
+    from pipeline.train.train_zoo import ZooSummary
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class DemoConfig:
                            n_train=self.n_train, n_test=self.n_test, eps=self.eps, attack_steps=self.attack_steps,
                            step_size=2.5 * self.eps / self.attack_steps, eval_steps=self.eval_steps,
                            n_eval_robust=self.n_eval_robust, device=self.device, id_prefix=ZOO_NAME)
-        from pipeline.train.recipe import zoo_plan  # torch: only when planning runs
+        from pipeline.train.config import zoo_plan
 
         return zoo_plan([demo_arch_spec(a) for a in self.archs], list(self.seeds), base)
 
@@ -250,7 +250,7 @@ def run_demo(config: DemoConfig) -> DemoResult:
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     plan = config.plan()
-    from pipeline.train.recipe import train_zoo
+    from pipeline.train.train_zoo import train_zoo
 
     zoo = train_zoo(plan, config.zoo_path, name=ZOO_NAME, backend=config.backend, force=config.force,
                     keep_other_entries=False, progress=config.progress)

@@ -180,3 +180,18 @@ def test_a_command_without_its_extra_names_the_extra(argv: list[str], extra: str
     proc = run_without_extras(argv, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert f"pip install 'filterlens[{extra}]'" in proc.stderr
+
+
+def test_design_doc_lists_every_column_of_every_table() -> None:
+    """docs/design.md's column tables match schemas/*.yaml exactly (names, in order)."""
+    import re
+
+    import yaml
+
+    root = PACKAGE.parent
+    text = (root / "docs" / "design.md").read_text()
+    for table in ("models", "layers", "filters", "failures"):
+        section = text.split(f"### `{table}`", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+        documented = re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M)
+        declared = [c["name"] for c in yaml.safe_load((root / "schemas" / f"{table}.yaml").read_text())["columns"]]
+        assert documented == declared, table

@@ -21,7 +21,8 @@ from pipeline.train.data import (
     synthetic_split,
 )
 from pipeline.train.demo_models import ARCHITECTURES, tiny_cnn
-from pipeline.train.recipe import lr_at, pgd_linf, train_one
+from pipeline.train.recipe import lr_at, pgd_linf
+from pipeline.train.run_one import train_one
 
 # --- the synthetic dataset --------------------------------------------------------------------
 
@@ -249,7 +250,7 @@ def test_training_on_a_local_cifar_folder_with_augmentation(tmp_path) -> None:
 
 
 def test_architecture_names() -> None:
-    from pipeline.train.recipe import architecture_name
+    from pipeline.train.zoo_writer import architecture_name
 
     assert architecture_name(arch_spec("small_wrn"), "SmallWideResNet") == "SmallPreActWRN-8-2 (16/32/64)"
     assert architecture_name("timm:resnet18", "ResNet") == "resnet18"

@@ -16,10 +16,11 @@ from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.extract.extractor import extract_model
 from pipeline.ray_cluster import task_resources
-from pipeline.train.config import TrainConfig
+from pipeline.train.config import TrainConfig, zoo_plan
 from pipeline.train.config import demo_arch_spec as arch_spec
 from pipeline.train.demo_models import tiny_cnn
-from pipeline.train.recipe import read_zoo, train_zoo, zoo_plan
+from pipeline.train.train_zoo import train_zoo
+from pipeline.train.zoo_writer import read_zoo
 from pipeline.zoo.zoo_file import ENTRY_KEYS, load_zoo_file
 
 BASE = TrainConfig(arch=arch_spec("tiny_cnn"), n_train=300, n_test=100, epochs=1, batch_size=50,

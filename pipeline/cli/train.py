@@ -77,14 +77,15 @@ def plan_from_args(args: argparse.Namespace) -> list[TrainConfig]:
                        n_eval_robust=args.n_eval_robust, n_train=args.n_train, n_test=args.n_test,
                        id_prefix=args.id_prefix)
     kinds = {"normal": (False,), "adversarial": (True,), "both": (False, True)}[args.kind]
-    from pipeline.train.recipe import zoo_plan  # torch: only when the command runs
+    from pipeline.train.config import zoo_plan
 
     plan = zoo_plan(args.arch, list(range(args.seeds)), base, kinds)
     return [dataclasses.replace(c) for c in plan]  # re-validates every arch spec
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.train.recipe import read_zoo, train_zoo
+    from pipeline.train.train_zoo import train_zoo
+    from pipeline.train.zoo_writer import read_zoo
 
     plan = plan_from_args(args)
     name = args.name or read_zoo(args.zoo).get("name") or args.id_prefix

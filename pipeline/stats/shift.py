@@ -161,6 +161,8 @@ class ScanTarget:
 
 
 def _kernels():  # noqa: ANN202 - compiled lazily so that importing this module stays cheap
+    # Longer than 60 lines on purpose: the numba kernels are closures defined (and compiled) together
+    # on first use, so importing this module never pays for numba; each kernel is short on its own.
     from numba import njit
 
     block = 512

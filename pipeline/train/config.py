@@ -1,10 +1,11 @@
-"""What one training run is: ``TrainConfig`` (validated, hashed into the zoo entry). Light: no torch."""
+"""What one training run is: ``TrainConfig`` (validated, hashed into the zoo entry), and ``zoo_plan``. Light: no torch."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.checkpoints.arch_spec import parse_arch_spec
@@ -108,3 +109,10 @@ def demo_arch_spec(name: str) -> str:
     if not name.isidentifier():
         raise KeyError(f"bad demo architecture name {name!r}")
     return f"{DEMO_MODELS_MODULE}:{name}"
+
+
+def zoo_plan(archs: Sequence[str], seeds: Sequence[int], base: TrainConfig,
+             adversarial: Sequence[bool] = (False, True)) -> list[TrainConfig]:
+    """Every (arch, adversarial, seed) combination of ``base``: normal and robust counterparts share all else."""
+    return [dataclasses.replace(base, arch=arch, seed=seed, adversarial=adv)
+            for arch in archs for adv in adversarial for seed in seeds]

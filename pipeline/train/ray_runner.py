@@ -21,7 +21,7 @@ def _train_task(train_one, config):  # noqa: ANN001, ANN202 - (TrainConfig -> Tr
 
 
 def train_on_ray(configs: list, address: str | None, progress: bool, on_done, train_one) -> str:  # noqa: ANN001
-    """Run ``train_one`` (the unit: pipeline.train.recipe.train_one) on ``configs`` (pipeline.train.recipe.TrainConfig) as Ray tasks, calling ``on_done(config, result or
+    """Run ``train_one`` (the unit: pipeline.train.run_one.train_one) on ``configs`` (pipeline.train.config.TrainConfig) as Ray tasks, calling ``on_done(config, result or
     exception)`` as each finishes; num_gpus=1 per task only when the cluster has GPUs. Returns "ray"."""
     connect(address, log_to_driver=False)
     num_gpus, device = task_resources(ray.cluster_resources())
