@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "parquet" and not args.output:
         raise ConfigError("--format parquet needs --output FILE")
     with open_dataset(args.dataset) as ds:
-        result = ds.sql(args.query).to_arrow_table()
+        result = ds.fetch_arrow(args.query)
     if args.format == "parquet":
         pq.write_table(result, args.output, compression="zstd")
     elif args.format == "csv":

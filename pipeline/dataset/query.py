@@ -5,6 +5,11 @@ Views list exactly the files of committed model versions, so a reader never sees
 half-written models or orphans of crashed builds. Local files are read with
 DuckDB's own Parquet reader; remote ones through pyarrow datasets (no DuckDB
 extension downloads).
+
+``FilterDataset.sql`` runs user SQL in the read-only sandbox (``dataset/sandbox.py``):
+a locked connection of its own that can read the committed files and nothing else.
+``FilterDataset.con`` is a full DuckDB connection with the same views, for trusted
+code (the stats engine, ``info``); never pass user text to it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
+from pipeline.dataset.sandbox import LockedConnection, check_expression, check_read_only
 from pipeline.dataset.schema import TABLES, arrow_schema
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import QueryError
@@ -36,9 +42,6 @@ _DUCKDB_TYPES = {
     pa.float64(): "DOUBLE",
     pa.list_(pa.float64()): "DOUBLE[]",
 }
-
-READ_ONLY_STATEMENTS = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
 
 def duckdb_type(arrow_type: pa.DataType) -> str:
     if pa.types.is_timestamp(arrow_type):
@@ -63,16 +66,22 @@ class FilterDataset:
         self.store = store or DatasetStore(root)
         self.store.require()
         self.root = root
-        self.con = duckdb.connect(":memory:")
-        if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+        self.threads = threads
         self._datasets: dict[str, pads.Dataset] = {}
-        for table in TABLES:
-            self._create_view(table)
+        self._sandbox: LockedConnection | None = None
 
     @cached_property
     def _stored(self) -> dict:
         return self.store.stored_models()
+
+    @cached_property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """A full DuckDB connection with the views (trusted code only; user SQL goes through ``sql``)."""
+        con = duckdb.connect(":memory:")
+        if self.threads:
+            con.execute(f"SET threads = {int(self.threads)}")
+        self._create_views(con)
+        return con
 
     def files(self, table: str) -> list[str]:
         """The files a view reads: committed versions only."""
@@ -89,31 +98,50 @@ class FilterDataset:
                                                  filesystem=self.store.fs, format="parquet")
         return self._datasets[table]
 
-    def _create_view(self, table: str) -> None:
-        files = self.files(table)
-        if not files:
-            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS {empty_select(table)}")
-        elif self.store.local:
-            listing = ", ".join(_quote(f) for f in files)
-            self.con.execute(
-                f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM read_parquet([{listing}], hive_partitioning = false)")
-        else:
-            self.con.register(f"_arrow_{table}", self.arrow_dataset(table))
-            self.con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _arrow_{table}")
+    def _create_views(self, con: duckdb.DuckDBPyConnection) -> None:
+        for table in TABLES:
+            files = self.files(table)
+            if not files:
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS {empty_select(table)}")
+            elif self.store.local:
+                listing = ", ".join(_quote(f) for f in files)
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS "
+                            f"SELECT * FROM read_parquet([{listing}], hive_partitioning = false)")
+            else:
+                con.register(f"_arrow_{table}", self.arrow_dataset(table))
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _arrow_{table}")
+
+    def sandbox(self) -> duckdb.DuckDBPyConnection:
+        """The locked, read-only connection user SQL runs in (created on first use)."""
+        if self._sandbox is None:
+            locked = LockedConnection(self.threads)
+            self._create_views(locked.con)
+            readable = [f for t in TABLES for f in self.files(t)] if self.store.local else []
+            locked.lock(readable)
+            self._sandbox = locked
+        return self._sandbox.con
 
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """Run a read-only query (SELECT/EXPLAIN, incl. WITH, DESCRIBE, SUMMARIZE) against the views."""
+        """Run user SQL in the read-only sandbox: one SELECT/WITH/DESCRIBE/SUMMARIZE/EXPLAIN statement."""
+        check_read_only(query)
         try:
-            statements = self.con.extract_statements(query)
+            return self.sandbox().sql(query)
         except duckdb.Error as exc:
-            raise QueryError(f"SQL does not parse: {exc}") from None
-        if len(statements) != 1:
-            raise QueryError(f"give exactly one SQL statement ({len(statements)} found)")
-        if statements[0].type not in READ_ONLY_STATEMENTS:
-            raise QueryError(f"only read-only queries (SELECT, WITH, DESCRIBE, EXPLAIN) are allowed, "
-                             f"not {statements[0].type.name}")
+            raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from None
+
+    def check_predicate(self, predicate: str, table: str = "models") -> None:
+        """Raise QueryError unless ``predicate`` is a read-only condition on ``table`` that the sandbox can run.
+
+        For user text that trusted code puts into its own SQL (``stats --where``).
+        """
+        check_expression(predicate, "the predicate")
+        self.fetch_arrow(f"SELECT count(*) FROM {table} WHERE ({predicate})")
+
+    def fetch_arrow(self, query: str) -> pa.Table:
+        """``sql(query)`` run to completion as an Arrow table; errors while it runs are QueryErrors too."""
+        relation = self.sql(query)
         try:
-            return self.con.sql(query)
+            return relation.to_arrow_table()
         except duckdb.Error as exc:
             raise QueryError(f"query failed: {str(exc).splitlines()[0]}") from None
 
@@ -141,7 +169,10 @@ class FilterDataset:
         return self.lazy("filters")
 
     def close(self) -> None:
-        self.con.close()
+        if "con" in self.__dict__:
+            self.con.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
 
     def __enter__(self) -> FilterDataset:
         return self

@@ -6,7 +6,7 @@ import duckdb
 import pandas as pd
 
 from pipeline.dataset.query import FilterDataset
-from pipeline.errors import ConfigError, EmptySelectionError
+from pipeline.errors import ConfigError, EmptySelectionError, QueryError
 from pipeline.stats.options import StatsOptions
 from pipeline.stats.queries import load_sql, run_sql
 
@@ -14,6 +14,10 @@ from pipeline.stats.queries import load_sql, run_sql
 def select_models(ds: FilterDataset, options: StatsOptions) -> pd.DataFrame:
     """Create the temp table selected_models (and the view selected_layers); return the models."""
     where = (options.where or "").strip() or "true"
+    try:
+        ds.check_predicate(where)  # user text: it must run in the read-only sandbox first
+    except QueryError as exc:
+        raise ConfigError(f"--where {where!r} is not a read-only predicate on the models table: {exc}") from None
     text = load_sql("select_models").replace("{where}", where)
     try:
         statements = ds.con.extract_statements(text)
