@@ -5,7 +5,7 @@ On a local filesystem the bytes go to a hidden temp file beside the target
 the target (a rename is atomic within one folder). On object stores (S3, GCS,
 memory://) an object only appears once its upload finishes, so the target is
 written directly. Leftover ``.tmp`` files from a crash are what the dataset's
-orphan cleanup removes.
+``filterlens vacuum`` removes (once older than its retention).
 """
 
 from __future__ import annotations

@@ -61,6 +61,10 @@ class UnknownArchitectureError(ArchitectureError):
     """The --arch spec names no architecture that can be instantiated here."""
 
 
+class ArchitectureBuildError(ArchitectureError):
+    """The --arch spec names a known architecture, but its code failed to build the network here."""
+
+
 class ArchitectureMismatchError(ArchitectureError):
     """The state dict does not fit the architecture (missing/unexpected keys, shapes)."""
 
@@ -94,6 +98,24 @@ class ChecksumMismatchError(DownloadError):
     """The downloaded bytes do not have the expected sha256."""
 
     transient = False
+
+
+class CheckpointTooLargeError(DownloadError):
+    """The file is larger than the size cap (announced or streamed); retrying gives the same file."""
+
+    transient = False
+
+
+class StalledDownloadError(DownloadError):
+    """Bytes arrived slower than the minimum rate over the rate window."""
+
+
+class DownloadDeadlineError(DownloadError):
+    """The download was not done within its deadline."""
+
+
+class SizeMismatchError(DownloadError):
+    """The bytes received do not add up to the size the server announced; the partial file was discarded."""
 
 
 # --- dataset / store (stage "write") ---------------------------------------------------

@@ -79,3 +79,27 @@ def save(obj: object, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, path)
     return path
+
+
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[str]:
+    """A local S3-compatible server (moto on 127.0.0.1) for the session; yields its ``host:port``."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        os.environ.setdefault(key, value)
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+def s3_bucket_root(endpoint: str, bucket: str, prefix: str) -> str:
+    """Create ``bucket`` on the moto server and return a dataset root URI inside it."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1")
+    client.create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/{prefix}?endpoint_override={endpoint}&scheme=http&region=us-east-1"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -65,8 +66,17 @@ def test_extract_then_rerun_skips_and_force_redoes(dataset_with_good_model: Path
                  "--dataset", "cifar10", "--force")
     assert forced.code == 0
     assert counts(root, "good") == (1, 4, N_FILTERS)
-    # the old version's files are gone, not just hidden
-    assert len(list(root.joinpath("filters").rglob("*.parquet"))) == 1
+    # the old version's files stay (a reader may still use them) until a vacuum past the retention
+    old_and_new = sorted(str(p) for p in root.joinpath("filters").rglob("*.parquet"))
+    assert len(old_and_new) == 2
+    assert cli("vacuum", root).out.endswith("removed 0 unreferenced files older than 24h\n")
+    dry = cli("vacuum", root, "--older-than", "0s", "--dry-run")
+    assert dry.code == 0 and len(dry.out.splitlines()) == 3  # the old layers file, filters file, summary line
+    assert len(list(root.joinpath("filters").rglob("*.parquet"))) == 2
+    assert cli("vacuum", root, "--older-than", "0s").code == 0
+    assert [str(p) for p in root.joinpath("filters").rglob("*.parquet")] == DatasetStore(str(root)).committed_files(
+        "filters")
+    assert counts(root, "good") == (1, 4, N_FILTERS)
 
 
 def test_changed_checkpoint_replaces_the_model(dataset_with_good_model: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
@@ -179,16 +189,18 @@ def test_sigkill_mid_write_leaves_dataset_readable_and_rerun_completes_once(
     info = cli("info", root, "--json")
     assert info.code == 0
     assert json.loads(info.out)["orphan_files"] >= 1  # the killed write's files exist but are not visible
-    # rerun completes the model exactly once and removes the leftovers
+    # rerun completes the model exactly once; a vacuum then removes the leftovers
     rerun = cli("extract", checkpoint, "--out", root, "--arch", ARCH, "--model-id", "victim", "--dataset", "cifar10",
                 "--force")
     assert rerun.code == 0, rerun.err
     assert counts(root, "victim") == (1, 4, N_FILTERS)
+    assert cli("vacuum", root, "--older-than", "0s").code == 0
     assert json.loads(cli("info", root, "--json").out)["orphan_files"] == 0
     assert not [p for p in all_files(root) if p.endswith(".tmp") and "victim" in p]
+    assert counts(root, "victim") == (1, 4, N_FILTERS) and counts(root, "good") == (1, 4, N_FILTERS)
 
 
-def test_cleanup_orphans_removes_only_uncommitted_files(dataset_with_good_model: Path, tmp_path: Path) -> None:
+def test_vacuum_removes_only_unreferenced_files_past_the_retention(dataset_with_good_model: Path) -> None:
     root = dataset_with_good_model
     store = DatasetStore(str(root))
     writer = ModelWriter(store, "ghost", "cifar10")
@@ -196,12 +208,47 @@ def test_cleanup_orphans_removes_only_uncommitted_files(dataset_with_good_model:
 
     writer.add_filters(filter_batch("ghost", "cifar10", slugify("ghost"), 0, torch.randn(2, 2, 3, 3),
                                     torch.zeros(4, dtype=torch.bool)))
-    writer.finish_filters()  # written but never committed: an orphan
+    writer.finish_filters()  # written but never committed: a writer still running, or one that crashed
     committed = set(store.committed_files("filters"))
-    removed = store.cleanup_orphans()
+    assert store.vacuum() == []  # younger than the retention: a running writer's files are safe
+    ghost = root / "filters" / "dataset=cifar10" / "model=ghost"
+    old = time.time() - 2 * 24 * 3600
+    for path in ghost.iterdir():
+        os.utime(path, (old, old))
+    removed = store.vacuum()
     assert removed and all("model=ghost" in p for p in removed)
     assert set(store.committed_files("filters")) == committed
-    assert not (root / "filters" / "dataset=cifar10" / "model=ghost").exists()
+    assert not ghost.exists()
+
+
+def test_a_commit_whose_files_were_vacuumed_is_refused(dataset_with_good_model: Path) -> None:
+    from pipeline.errors import StoreError
+    from pipeline.extract.extractor import filter_batch
+
+    store = DatasetStore(str(dataset_with_good_model))
+    writer = ModelWriter(store, "late", "cifar10")
+    writer.add_filters(filter_batch("late", "cifar10", slugify("late"), 0, torch.randn(2, 2, 3, 3),
+                                    torch.zeros(4, dtype=torch.bool)))
+    writer.finish_filters()
+    store.vacuum(older_than_s=0)  # an operator's vacuum with no retention, while the writer runs
+    layers = store.models().slice(0, 0)  # any table: the commit fails before it matters
+    with pytest.raises(StoreError, match="disappeared before its commit"):
+        writer.commit(layers, {"checkpoint_sha256": "0" * 64})
+    assert store.stored_model("late") is None
+
+
+def test_a_row_with_missing_files_leaves_out_only_that_model(dataset_with_good_model: Path, tmp_path: Path,
+                                                              cli) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    checkpoint = tiny_checkpoint(tmp_path / "other.pt", seed=4)
+    assert cli("extract", checkpoint, "--out", root, "--arch", ARCH, "--model-id", "other",
+               "--dataset", "cifar10").code == 0
+    for path in (root / "filters" / "dataset=cifar10" / "model=other").iterdir():
+        path.unlink()  # a broken copy: the row stays, its filters are gone
+    query = cli("sql", root, "SELECT model_id, (SELECT count(*) FROM filters) AS n FROM models", "--format", "csv")
+    assert query.code == 0, query.err
+    assert query.out.splitlines()[1:] == [f'"good",{N_FILTERS}']
+    assert "other" in query.err and "missing files" in query.err
 
 
 def test_slugs_are_safe_and_injective() -> None:

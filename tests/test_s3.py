@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
 import pytest
 import torch
 import yaml
+from conftest import s3_bucket_root
 from zoo_fixtures import tiny_net
 
 from pipeline.build.zoo_build import build_zoo
@@ -21,19 +20,8 @@ N_FILTERS = 3 * 8 + 8 + 8 * 16
 
 
 @pytest.fixture(scope="module")
-def s3_root() -> Iterator[str]:
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        os.environ.setdefault(key, value)
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1").create_bucket(Bucket="lab")
-    yield f"s3://lab/filters?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    server.stop()
+def s3_root(moto_s3: str) -> str:
+    return s3_bucket_root(moto_s3, "lab", "filters")
 
 
 def make_zoo(tmp_path: Path) -> Path:

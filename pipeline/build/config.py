@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.fetch.download import FetchPolicy
+    from pipeline.fetch.policy import FetchPolicy
 
 
 def default_checkpoint_cache() -> Path:
@@ -36,13 +36,23 @@ class BuildConfig:
     force: bool = False
     retries: int = 3
     timeout_s: float = 60.0
+    max_checkpoint_gb: float = 20.0
+    """Largest checkpoint file accepted (0: no cap)."""
+    min_download_rate_kbs: float = 10.0
+    """A download slower than this (KB/s) over ``rate_window_s`` fails as stalled (0: no minimum)."""
+    rate_window_s: float = 30.0
+    download_deadline_s: float = 3600.0
+    """Wall-clock budget of one model's download, all files and attempts (0: none)."""
     stall_timeout_s: float = 300.0
     progress: bool = True
 
     def policy(self) -> FetchPolicy:
-        from pipeline.fetch.download import FetchPolicy  # requests: only when a build runs
+        from pipeline.fetch.policy import FetchPolicy
 
-        return FetchPolicy(retries=self.retries, read_timeout_s=self.timeout_s)
+        return FetchPolicy(retries=self.retries, read_timeout_s=self.timeout_s,
+                           max_bytes=int(self.max_checkpoint_gb * 1e9) or None,
+                           min_rate_bps=self.min_download_rate_kbs * 1e3, rate_window_s=self.rate_window_s,
+                           deadline_s=self.download_deadline_s or None)
 
 
 @dataclass

@@ -38,7 +38,8 @@ from pipeline.build.scheduler import BuildScheduler, Job
 from pipeline.build.steps import BuildSteps, KeptCheckpoints, record_build_failure
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError, FilterlensError, SchedulingError
-from pipeline.fetch.download import FetchedCheckpoint, FetchPolicy
+from pipeline.fetch.download import FetchedCheckpoint
+from pipeline.fetch.policy import FetchPolicy
 from pipeline.ray_cluster import connect
 from pipeline.zoo.zoo_file import ZooEntry
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.build.plan import recorded_validators
 from pipeline.dataset.store import DatasetStore
-from pipeline.fetch.download import FetchedCheckpoint, fetch_entry
+from pipeline.fetch.download import FetchedCheckpoint, fetch_entry, remove_if_empty
+from pipeline.fetch.validators import changed, dataset_records, drop_record
 from pipeline.zoo.zoo_file import ZooEntry
 
 if TYPE_CHECKING:
@@ -27,10 +29,26 @@ def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetS
 
     request = entry.request(fetched.paths)
     request.digest = (fetched.sha256, fetched.n_bytes)  # hashed by the download: not read again
+    records = dataset_records(fetched.validators)
+    if records:
+        request.metadata["source_validators"] = records
+    force = force or row_out_of_date(entry, fetched, store, records)
     result = extract_model(request, store, device=device, force=force, progress=False)
     if not keep_checkpoints:
         fetched.delete_owned()
     return result
+
+
+def row_out_of_date(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, records: list[dict]) -> bool:
+    """Same bytes as the committed model, but its row names other sources or validators: rewrite it (else the
+    next plan would fetch it again, and again)."""
+    stored = store.stored_model(entry.model_id)
+    if entry.sha256 or stored is None or stored.checkpoint_sha256 != fetched.sha256:
+        return False  # verified by the zoo's digest, or extracted anyway
+    if stored.source_uri != " ".join(entry.sources):
+        return True
+    recorded = recorded_validators(store, entry.model_id)
+    return bool(records) and (not recorded or changed(recorded, records))
 
 
 def record_build_failure(store: DatasetStore, entry: ZooEntry, exc: BaseException, attempts: int,
@@ -58,6 +76,8 @@ class KeptCheckpoints:
         while self.max_bytes is not None and self.kept and sum(n for _, n in self.kept) > self.max_bytes:
             path, _ = self.kept.pop(0)
             Path(path).unlink(missing_ok=True)
+            drop_record(Path(path))
+            remove_if_empty(Path(path).parent)
             evicted.append(path)
         return evicted
 

@@ -46,10 +46,8 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
     entries = load_entries(zoo, model_info, datasets, threat_models, models, limit)
     store = DatasetStore(out)
     started = time.perf_counter()
-    removed = store.cleanup_orphans() if store.exists() else []
-    todo, skipped = plan(entries, store, config.force)
-    log.info("%d models: %d to process, %d already complete%s", len(entries), len(todo), len(skipped),
-             f", {len(removed)} orphan files removed" if removed else "")
+    todo, skipped = plan(entries, store, config.force, mirror=config.mirror)
+    log.info("%d models: %d to process, %d already complete", len(entries), len(todo), len(skipped))
     bar = BuildProgress(len(todo), enabled=progress)
     try:
         if not todo:

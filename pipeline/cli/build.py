@@ -63,6 +63,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"attempts per model for transient errors (default {BUILD.retries})")
     p.add_argument("--timeout", type=float, default=BUILD.timeout_s,
                    help=f"download read timeout in seconds (default {BUILD.timeout_s:g})")
+    p.add_argument("--max-checkpoint-gb", type=float, default=BUILD.max_checkpoint_gb,
+                   help=f"refuse a checkpoint file larger than this, announced or streamed (default "
+                        f"{BUILD.max_checkpoint_gb:g}; 0: no cap)")
+    p.add_argument("--min-download-rate", type=float, default=BUILD.min_download_rate_kbs, metavar="KBS",
+                   help=f"fail a download slower than this many KB/s over --rate-window (default "
+                        f"{BUILD.min_download_rate_kbs:g}; 0: no minimum)")
+    p.add_argument("--rate-window", type=float, default=BUILD.rate_window_s, metavar="S",
+                   help=f"seconds over which --min-download-rate is measured (default {BUILD.rate_window_s:g})")
+    p.add_argument("--download-deadline", type=float, default=BUILD.download_deadline_s, metavar="S",
+                   help=f"fail a model whose download (all files, all attempts) takes longer (default "
+                        f"{BUILD.download_deadline_s:g}; 0: none)")
     p.add_argument("--stall-timeout", type=float, default=BUILD.stall_timeout_s,
                    help=f"report when nothing finishes for this many seconds (default {BUILD.stall_timeout_s:g})")
     p.add_argument("--force", action="store_true", help="redo models that are already complete")
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return submit_build_job(args.address, argv, args.zoo)
     if args.dry_run:
         entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
-        todo, skipped = plan(entries, DatasetStore(args.out), args.force)
+        todo, skipped = plan(entries, DatasetStore(args.out), args.force, args.mirror)
         for entry in todo:
             print(f"extract  {entry.model_id}  ({entry.arch or 'state-dict order'}; {len(entry.sources)} source(s))")
         for entry in skipped:
@@ -98,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
         "address": args.address, "extractors": args.extractors, "max_downloads": args.max_downloads,
         "mirror": args.mirror, "cache_dir": args.cache_dir, "cache_max_gb": args.cache_max_gb,
         "keep_checkpoints": args.keep_checkpoints, "retries": args.retries, "timeout_s": args.timeout,
+        "max_checkpoint_gb": args.max_checkpoint_gb, "min_download_rate_kbs": args.min_download_rate,
+        "rate_window_s": args.rate_window, "download_deadline_s": args.download_deadline,
         "stall_timeout_s": args.stall_timeout}.items() if v is not None}
     summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,
                         progress=not args.no_progress, model_info=args.model_info, datasets=args.datasets,

@@ -44,6 +44,7 @@ def summarise(root: str) -> dict:
             sizes[table] = sum(i.size or 0 for i in infos)
         summary["bytes"] = sizes
         summary["orphan_files"] = len(ds.store.orphan_files())
+        summary["incomplete_models"] = ds.snapshot.missing
     return summary
 
 
@@ -76,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {row['dataset']:<14} {row['threat_model']:<13} {str(row['robust']):<7} {row['models']:>6} "
                   f"{row['filters']:>11}")
     if summary["orphan_files"]:
-        print(f"\n{summary['orphan_files']} orphan files from interrupted writes (not visible in queries; "
-              "the next build removes them)")
+        print(f"\n{summary['orphan_files']} unreferenced files (replaced versions, interrupted writes; not visible "
+              "in queries; `filterlens vacuum` removes them once older than its retention)")
     if summary["failures"]:
         print(f"\nfailures  {len(summary['failures'])}")
         for f in summary["failures"]:

@@ -22,7 +22,7 @@ from pipeline.errors import FilterlensError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 130
 
-COMMANDS = ("build", "demo", "extract", "info", "publish", "sql", "stats", "train", "zoo")
+COMMANDS = ("build", "demo", "extract", "info", "publish", "sql", "stats", "train", "vacuum", "zoo")
 """Subcommand modules, in the order ``--help`` lists them."""
 
 EXTRA_OF_MODULE = {

@@ -4,7 +4,8 @@
     <root>/layers/dataset=<d>/model=<slug>/part-<write_id>.parquet
     <root>/filters/dataset=<d>/model=<slug>/part-<write_id>-<k>.parquet
     <root>/failures/part-<slug>.parquet
-    <root>/_manifest.json
+    <root>/_manifest.json                                        derived from _builds/
+    <root>/_builds/<time>-<id>.json                              one record per build
 
 Pure naming: no I/O here. The store (``dataset/store.py``) reads and writes these
 paths; publishing (``publish/``) stages the same tree.
@@ -30,6 +31,8 @@ FLOAT_ENCODING = "BYTE_STREAM_SPLIT"
 """Encoding of the w0..w8 float32 columns (measured in benchmarks/bench_extract.py: smaller than PLAIN under zstd)."""
 COMPRESSION = "zstd"
 MANIFEST = "_manifest.json"
+BUILDS = "_builds"
+"""One JSON record per build or extract (never rewritten): the manifest is derived from them."""
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 DATA_TABLES = ("layers", "filters")
 """Tables partitioned by dataset and model, one version of files per committed write_id."""

@@ -1,8 +1,10 @@
 """Query a filter dataset: DuckDB views and Polars lazy frames over the committed files.
 
 ``open_dataset(root)`` works for a local path or any URI the store understands.
-Views list exactly the files of committed model versions, so a reader never sees
-half-written models or orphans of crashed builds. Local files are read with
+It takes one snapshot when it opens (``DatasetStore.snapshot``): the committed rows,
+read once into memory, and exactly their layers/filters files. A reader never sees
+half-written models or orphans of crashed builds, and finishes on its snapshot
+whatever commits meanwhile (writers never delete; ``vacuum`` does, after a retention). Local files are read with
 DuckDB's own Parquet reader; remote ones through pyarrow datasets (no DuckDB
 extension downloads).
 
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
+from pipeline.dataset.layout import StoredModel
 from pipeline.dataset.sandbox import LockedConnection, check_expression, check_read_only
 from pipeline.dataset.schema import TABLES, arrow_schema
 from pipeline.dataset.store import DatasetStore
@@ -69,10 +72,12 @@ class FilterDataset:
         self.threads = threads
         self._datasets: dict[str, pads.Dataset] = {}
         self._sandbox: LockedConnection | None = None
+        self.snapshot = self.store.snapshot()
+        self._row_files = {t: self.store.part_files(t) for t in ("models", "failures")}
 
-    @cached_property
-    def _stored(self) -> dict:
-        return self.store.stored_models()
+    def stored_models(self) -> dict[str, StoredModel]:
+        """The snapshot's committed models by model_id (where their files are)."""
+        return self.snapshot.stored
 
     @cached_property
     def con(self) -> duckdb.DuckDBPyConnection:
@@ -84,10 +89,14 @@ class FilterDataset:
         return con
 
     def files(self, table: str) -> list[str]:
-        """The files a view reads: committed versions only."""
+        """The files behind a table: for layers/filters exactly the snapshot's versions; the row files otherwise."""
         if table in ("layers", "filters"):
-            return self.store.committed_files(table, self._stored.values())
-        return self.store.part_files(table)
+            return self.store.committed_files(table, self.snapshot.stored.values())
+        return self._row_files[table]
+
+    def rows(self, table: str) -> pa.Table:
+        """The snapshot's models or failures rows (read once, when the dataset was opened)."""
+        return self.snapshot.models if table == "models" else self.snapshot.failures
 
     def arrow_dataset(self, table: str) -> pads.Dataset:
         """A pyarrow dataset over the view's files, with the schema from schemas/."""
@@ -100,6 +109,10 @@ class FilterDataset:
 
     def _create_views(self, con: duckdb.DuckDBPyConnection) -> None:
         for table in TABLES:
+            if table in ("models", "failures"):  # in memory: the rows the snapshot read, whatever commits since
+                con.register(f"_snapshot_{table}", self.rows(table))
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS SELECT * FROM _snapshot_{table}")
+                continue
             files = self.files(table)
             if not files:
                 con.execute(f"CREATE OR REPLACE VIEW {table} AS {empty_select(table)}")
@@ -116,7 +129,7 @@ class FilterDataset:
         if self._sandbox is None:
             locked = LockedConnection(self.threads)
             self._create_views(locked.con)
-            readable = [f for t in TABLES for f in self.files(t)] if self.store.local else []
+            readable = [f for t in ("layers", "filters") for f in self.files(t)] if self.store.local else []
             locked.lock(readable)
             self._sandbox = locked
         return self._sandbox.con
@@ -149,6 +162,8 @@ class FilterDataset:
         """A Polars LazyFrame over a table (committed files only)."""
         import polars as pl  # imported when used: `filterlens sql` starts without it
 
+        if table in ("models", "failures"):
+            return pl.from_arrow(self.rows(table)).lazy()
         files = self.files(table)
         if not files:
             return pl.LazyFrame(schema=pl.from_arrow(arrow_schema(table).empty_table()).schema)

@@ -5,9 +5,9 @@ is streamed by ``dataset/writer.py``. A model's layers and filters files are
 written first under a fresh ``write_id``; the model's row in ``models/`` is
 written last and names that ``write_id``, so it is the commit: until it lands a
 reader (``open_dataset``) sees the previous version or nothing, and a crash
-leaves only orphan files that the next write or ``cleanup_orphans`` removes.
-Re-extracting a model replaces it: the new files are committed by overwriting
-the model's row, then the old files are deleted (docs/design.md).
+leaves only unreferenced files. Re-extracting a model replaces it by overwriting
+its row; nobody deletes the old files but ``vacuum``, after a retention, so
+readers finish on their snapshot (docs/architecture.md, "The commit protocol").
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.atomic_write import TEMP_SUFFIX, atomic_target, write_bytes_atomic
 from pipeline.dataset.layout import (
+    BUILDS,
     COMPRESSION,
     DATA_TABLES,
     MANIFEST,
@@ -30,6 +32,7 @@ from pipeline.dataset.layout import (
     STORED_COLUMNS,
     DatasetPaths,
     StoredModel,
+    new_write_id,
     slugify,
     stored_models_of,
     utcnow,
@@ -39,6 +42,9 @@ from pipeline.dataset.schema import arrow_schema, check_schema, schema_version, 
 from pipeline.errors import DatasetNotFoundError, StoreError, describe
 
 log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_S = 24 * 3600.0
+"""How long an unreferenced file is kept before ``vacuum`` removes it (longer than any reader runs)."""
 
 
 class DatasetStore(DatasetPaths):
@@ -99,7 +105,7 @@ class DatasetStore(DatasetPaths):
 
     # --- reading -----------------------------------------------------------------------------
     def exists(self) -> bool:
-        return self.file_exists(self.path("models")) or self.file_exists(self.path(MANIFEST))
+        return any(self.file_exists(self.path(p)) for p in ("models", MANIFEST, BUILDS, "failures"))
 
     def _read_parts(self, table: str) -> pa.Table:
         files = self.part_files(table)
@@ -107,7 +113,13 @@ class DatasetStore(DatasetPaths):
         if not files:
             return schema.empty_table()
         check_schema(table, pq.read_schema(files[0], filesystem=self.fs), files[0])
-        return pa.concat_tables([self.read_parquet(path, schema=schema) for path in files])
+        parts = []
+        for path in files:
+            try:
+                parts.append(self.read_parquet(path, schema=schema))
+            except FileNotFoundError:  # deleted (delete_model) between the listing and now
+                continue
+        return pa.concat_tables(parts) if parts else schema.empty_table()
 
     def read_parquet(self, path: str, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
         """One small Parquet file, read whole (no pyarrow.dataset: it imports pandas, slow at CLI start-up)."""
@@ -142,6 +154,25 @@ class DatasetStore(DatasetPaths):
                 raise
             return None
         return stored_models_of(table).get(model_id)
+
+    def snapshot(self) -> Snapshot:
+        """One consistent view for a reader: the committed rows read once, and exactly their files.
+
+        Writers never delete files (``vacuum`` does, after a retention period), so
+        every file of the snapshot stays readable while the reader works, whatever
+        commits meanwhile. A row whose files are missing (a broken copy, a too-eager
+        vacuum) leaves out that model, with a warning, instead of failing every query.
+        """
+        models = self.models()
+        stored = stored_models_of(models)
+        missing = self.incomplete_models(stored.values())
+        if missing:
+            log.warning("%d models in %s have missing files and are left out (e.g. %s); rebuild them with "
+                        "filterlens extract/build --force", len(missing), self.uri, missing[0])
+            keep = pa.array([m not in set(missing) for m in models.column("model_id").to_pylist()], pa.bool_())
+            models = models.filter(keep)
+            stored = {k: v for k, v in stored.items() if k not in set(missing)}
+        return Snapshot(models, self.failures(), stored, missing)
 
     def incomplete_models(self, models: Iterable[StoredModel]) -> list[str]:
         """The model_ids among ``models`` with a layers or filters file missing (one listing)."""
@@ -223,26 +254,52 @@ class DatasetStore(DatasetPaths):
             if not self.list_dir(directory):
                 self.delete_dir(directory)
 
-    def cleanup_orphans(self) -> list[str]:
-        """Delete files no committed model version refers to (left by crashes or replaced versions)."""
-        removed = self.orphan_files()
-        for path in removed:
+    def vacuum(self, older_than_s: float = DEFAULT_RETENTION_S, dry_run: bool = False) -> list[str]:
+        """Delete files no committed row refers to, once unreferenced for ``older_than_s`` (by modification time).
+
+        Replaced versions, crash leftovers and temp files. Readers may still be reading
+        a replaced version, and a writer's files are unreferenced until it commits,
+        so only files older than the retention go. Returns the paths (deleted, or that
+        would be with ``dry_run``).
+        """
+        cutoff = utcnow().timestamp() - older_than_s
+        keep = {p for t in DATA_TABLES for p in self.committed_files(t)}
+        candidates = [i for t in DATA_TABLES for i in self.list_dir(self.path(t), recursive=True)
+                      if i.type == pafs.FileType.File and i.path not in keep]
+        candidates += [i for t in ROW_TABLES for i in self.list_dir(self.path(t))
+                       if i.type == pafs.FileType.File and i.base_name.endswith(TEMP_SUFFIX)]
+        old = sorted(i.path for i in candidates if i.mtime is None or i.mtime.timestamp() <= cutoff)
+        if dry_run:
+            return old
+        for path in old:
             self.delete_file(path)
         for table in DATA_TABLES:  # drop partition folders left empty, deepest first
             folders = [i.path for i in self.list_dir(self.path(table), recursive=True)
                        if i.type == pafs.FileType.Directory]
             self.prune_dirs(sorted(folders, key=lambda p: -len(p)))
-        for table in ROW_TABLES:
-            for info in self.list_dir(self.path(table)):
-                if info.base_name.endswith(TEMP_SUFFIX):
-                    self.delete_file(info.path)
-                    removed.append(info.path)
-        if removed:
-            log.info("removed %d orphan files from %s", len(removed), self.uri)
-        return removed
+        if old:
+            log.info("vacuum removed %d unreferenced files from %s", len(old), self.uri)
+        return old
 
-    # --- manifest ----------------------------------------------------------------------------
+    # --- manifest and build records -----------------------------------------------------------
+    def build_records(self) -> list[dict]:
+        """Every build record (``_builds/<time>-<id>.json``), oldest first."""
+        records = []
+        for info in sorted(self.list_dir(self.path(BUILDS)), key=lambda i: i.base_name):
+            if info.type != pafs.FileType.File or not info.base_name.endswith(".json"):
+                continue
+            try:
+                with self.fs.open_input_stream(info.path) as f:
+                    records.append(json.loads(f.read().decode()))
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue  # a record being written (object stores) or damaged: skipped, never fatal
+        return records
+
     def read_manifest(self) -> dict:
+        """The manifest: derived from the build records when there are any, else ``_manifest.json`` as stored."""
+        records = self.build_records()
+        if records:
+            return derive_manifest(records)
         path = self.path(MANIFEST)
         if not self.file_exists(path):
             return {}
@@ -250,18 +307,51 @@ class DatasetStore(DatasetPaths):
             return json.loads(f.read().decode())
 
     def update_manifest(self, build: dict | None = None) -> dict:
-        """Rewrite _manifest.json: bump the dataset version and append ``build`` (last 50 kept)."""
-        manifest = self.read_manifest()
-        now = utcnow().isoformat()
-        manifest.update({
-            "format": "filterlens",
-            "dataset_version": int(manifest.get("dataset_version", 0)) + 1,
-            "schema_version": schema_version(),
-            "pipeline_version": __version__,
-            "created_at": manifest.get("created_at", now),
-            "updated_at": now,
-        })
-        if build:
-            manifest["builds"] = [*manifest.get("builds", []), build][-50:]
+        """Add one build record (its own file: concurrent builds never lose each other's) and refresh _manifest.json.
+
+        ``_manifest.json`` is derived from all records; a concurrent refresh may miss a
+        record written at the same moment, but ``read_manifest`` always derives afresh.
+        """
+        if not self.list_dir(self.path(BUILDS)):
+            self._import_legacy_builds()
+        now = utcnow()
+        record = {**(build or {}), "recorded_at": now.isoformat(), "pipeline_version": __version__,
+                  "schema_version": schema_version()}
+        name = f"{now:%Y%m%dT%H%M%S%f}-{new_write_id()[-8:]}.json"
+        write_bytes_atomic(self.path(BUILDS, name), json.dumps(record, default=str).encode(), self.fs)
+        manifest = derive_manifest(self.build_records())
         write_bytes_atomic(self.path(MANIFEST), json.dumps(manifest, indent=2, default=str).encode(), self.fs)
         return manifest
+
+    def _import_legacy_builds(self) -> None:
+        """A dataset written before build records: its manifest's builds become records (once)."""
+        legacy = self.read_manifest()
+        for k, build in enumerate(legacy.get("builds", [])):
+            stamp = str(build.get("finished_at") or legacy.get("created_at") or "")
+            record = {**build, "recorded_at": stamp}
+            write_bytes_atomic(self.path(BUILDS, f"00000000T000000{k:06d}-legacy.json"),
+                               json.dumps(record, default=str).encode(), self.fs)
+
+
+def derive_manifest(records: list[dict]) -> dict:
+    """``_manifest.json`` from the build records: the version counts them, the last 50 are listed."""
+    builds = [{k: v for k, v in r.items() if k not in ("recorded_at", "schema_version")} for r in records]
+    return {
+        "format": "filterlens",
+        "dataset_version": len(records),
+        "schema_version": schema_version(),
+        "pipeline_version": __version__,
+        "created_at": records[0].get("recorded_at"),
+        "updated_at": records[-1].get("recorded_at"),
+        "builds": [b for b in builds if len(b) > 1][-50:],
+    }
+
+
+@dataclass
+class Snapshot:
+    """What one reader sees: the committed rows at one moment, and the models among them whose files all exist."""
+
+    models: pa.Table
+    failures: pa.Table
+    stored: dict[str, StoredModel]
+    missing: list[str] = field(default_factory=list)

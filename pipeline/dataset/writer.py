@@ -3,7 +3,8 @@
 Filter rows arrive layer by layer and are written in full row groups by a
 background thread (compression overlaps the metrics); the layers file follows,
 and the model's row in ``models/`` last: that row is the commit. Until then
-readers see the previous version; on any error everything written is removed.
+readers see the previous version; on any error this write's own files are removed.
+Nothing of any other version is ever deleted here (``DatasetStore.vacuum`` does that).
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline import __version__
-from pipeline.atomic_write import is_temp_of, temp_sibling
+from pipeline.atomic_write import temp_sibling
 from pipeline.dataset.layout import (
     COMPRESSION,
     CONSTANT_COLUMNS,
-    DATA_TABLES,
     FILTER_ROWS_PER_FILE,
     FILTER_ROWS_PER_GROUP,
     FLOAT_ENCODING,
@@ -156,7 +156,7 @@ class ModelWriter:
             self._flush()
 
     def abort(self) -> None:
-        """Drop everything written so far (best effort; leftovers are orphans cleaned later)."""
+        """Drop everything this write produced so far (best effort; leftovers are removed by a later vacuum)."""
         if self._closed:
             return
         self._closed = True
@@ -172,12 +172,17 @@ class ModelWriter:
         self.store.delete_file(self.store.layer_file_for(self.dataset, self.slug, self.write_id))
 
     def commit(self, layers: pa.Table, model_row: dict) -> StoredModel:
-        """Write the layers file and then the models row (the commit); delete the previous version's files."""
+        """Write the layers file, check this write's files are all there, then write the models row (the commit).
+
+        Nothing is deleted: the previous version's files stay readable for readers
+        that opened before this commit, until ``filterlens vacuum`` removes them.
+        Two writers of one model both commit; the row written last wins.
+        """
         try:
             self.finish_filters()
             layers_path = self.store.layer_file_for(self.dataset, self.slug, self.write_id)
             self.store.write_table(layers, layers_path, row_group_size=1 << 20)
-            previous = self.store.stored_model(self.model_id)
+            self._check_own_files([layers_path, *self._files])
             row = {**model_row, "model_id": self.model_id, "dataset": self.dataset, "model": self.slug,
                    "write_id": self.write_id, "n_filter_files": len(self._files), "n_filters": self.n_filters,
                    "schema_version": schema_version(), "pipeline_version": __version__}
@@ -188,24 +193,14 @@ class ModelWriter:
             self.abort()
             raise
         self._closed = True
-        committed = StoredModel(self.model_id, self.dataset, self.slug, self.write_id, len(self._files),
-                                row["checkpoint_sha256"], schema_version())
-        self._remove_other_versions(committed, previous)
         self.store.clear_failure(self.slug)
-        return committed
+        return StoredModel(self.model_id, self.dataset, self.slug, self.write_id, len(self._files),
+                           row["checkpoint_sha256"], schema_version())
 
-    def _remove_other_versions(self, committed: StoredModel, previous: StoredModel | None) -> None:
-        """Delete the previous version's files and leftovers of crashed attempts of this model."""
-        keep = set(self.store.model_files(committed))
-        dirs = {self.layers_dir, self.filters_dir}
-        if previous is not None:
-            dirs |= {self.store.partition_dir(t, previous.dataset, previous.slug) for t in DATA_TABLES}
-        for directory in dirs:
-            for info in self.store.list_dir(directory):
-                if info.type == pafs.FileType.File and info.path not in keep:
-                    self.store.delete_file(info.path)
-        self.store.prune_dirs(dirs)
-        row_name = self.store.model_row_path(self.slug).rsplit("/", 1)[1]
-        for info in self.store.list_dir(self.store.path("models")):
-            if is_temp_of(info.base_name, row_name):
-                self.store.delete_file(info.path)
+    def _check_own_files(self, paths: list[str]) -> None:
+        """Refuse to commit a row whose files are gone (removed by a vacuum with a very short retention)."""
+        infos = self.store.fs.get_file_info(paths)
+        missing = [i.path for i in infos if i.type == pafs.FileType.NotFound]
+        if missing:
+            raise StoreError(f"{self.model_id}: {len(missing)} files of this write disappeared before its commit "
+                             f"(e.g. {missing[0]}; a vacuum with a too short --older-than?); extract it again")

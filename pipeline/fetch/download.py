@@ -1,15 +1,18 @@
 """Fetch a zoo entry's checkpoint file(s) into the local cache, verified.
 
-* http(s): streamed, resumed with Range after a broken connection, retried with
-  exponential backoff and jitter on transient errors (timeouts, resets, 5xx, 429);
+* http(s): streamed, resumed with ``Range`` + ``If-Range`` only when the server
+  gave a validator (``pipeline.fetch.http``), retried with exponential backoff
+  and jitter on transient errors (timeouts, resets, 5xx, 429);
 * ``gdrive:<id>``: Google Drive's direct-download endpoint, as RobustBench uses;
 * ``hf://<org>/<repo>[@revision]/<path>``: the Hugging Face Hub through its own cache;
-* ``s3://``, ``gs://``, ...: fsspec;
+* ``s3://``, ``gs://``, ...: fsspec (``pipeline.fetch.remote``);
 * local paths and ``file://``: used in place (never copied, never deleted).
 
 Bytes go to ``<name>.part`` and get their final name only once complete; the
 sha256 of the final file(s) is then verified against the zoo's expected digest
-(a mismatching copy is deleted, never reused).
+(a mismatching copy is deleted, never reused). ``FetchPolicy`` caps the size,
+the rate and the time. Every remote source's validators (ETag, size, ...) are
+returned in ``FetchedCheckpoint.validators`` so a build can tell a changed file.
 ``mirror`` (a URL prefix or a directory) redirects every remote source to
 ``<mirror>/<mirror_path(uri)>`` - for clusters with a private mirror, and tests.
 """
@@ -18,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,29 +29,23 @@ from urllib.parse import urlsplit
 
 from pipeline.dataset.layout import slugify
 from pipeline.digest import sha256_of_files
-from pipeline.errors import (
-    ChecksumMismatchError,
-    DownloadError,
-    RefusedDownloadError,
-    SourceNotFoundError,
+from pipeline.errors import ChecksumMismatchError, SourceNotFoundError
+from pipeline.fetch.http import download_http, probe_http
+from pipeline.fetch.policy import FetchPolicy, TransferGuard
+from pipeline.fetch.remote import (
+    copy_file,
+    copy_fsspec,
+    from_hub,
+    probe_file,
+    probe_fsspec,
+    probe_hub,
 )
+from pipeline.fetch.validators import changed, drop_record, location_id, read_record, write_record
 from pipeline.zoo.zoo_file import ZooEntry
 
 log = logging.getLogger(__name__)
 
 GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
-CHUNK = 1 << 18
-
-
-@dataclass
-class FetchPolicy:
-    """How hard to try: attempts per file, timeouts, backoff."""
-
-    retries: int = 3
-    connect_timeout_s: float = 15.0
-    read_timeout_s: float = 60.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
 
 
 @dataclass
@@ -65,11 +60,23 @@ class FetchedCheckpoint:
     attempts: int = 1
     owned: list[bool] = field(default_factory=list)
     """Per path: True when the file lives in our cache and may be deleted after extraction."""
+    validators: list[dict] = field(default_factory=list)
+    """Per remote source, in order: what the server said (``pipeline.fetch.validators`` records)."""
 
     def delete_owned(self) -> None:
+        """Delete the cached files (and their records), then their model's folder when it is empty."""
         for path, owned in zip(self.paths, self.owned, strict=True):
             if owned:
                 Path(path).unlink(missing_ok=True)
+                drop_record(Path(path))
+                remove_if_empty(Path(path).parent)
+
+
+def remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty, or gone
+        pass
 
 
 def is_local(uri: str) -> bool:
@@ -106,115 +113,6 @@ def parse_hf_uri(uri: str) -> tuple[str, str | None, str]:
     return f"{org}/{repo}", revision, "/".join(parts[2:])
 
 
-def _sleep_backoff(attempt: int, policy: FetchPolicy) -> None:
-    delay = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1))
-    time.sleep(delay * (0.5 + random.random() / 2))
-
-
-def download_http(url: str, dest: Path, policy: FetchPolicy, on_bytes: Callable[[int], None] | None = None,
-                  ) -> tuple[int, int]:
-    """Download ``url`` to ``dest`` with resume and retries: (size, attempts).
-
-    Bytes go to ``dest.part``; after a broken transfer the next attempt asks for
-    the rest with a Range header (or starts over if the server ignores it).
-    """
-    import requests
-
-    part = dest.with_name(dest.name + ".part")
-    part.parent.mkdir(parents=True, exist_ok=True)
-    last_error: Exception | None = None
-    for attempt in range(1, policy.retries + 1):
-        have = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        try:
-            with requests.get(url, stream=True, headers=headers,
-                              timeout=(policy.connect_timeout_s, policy.read_timeout_s)) as response:
-                if response.status_code in (404, 410):
-                    raise SourceNotFoundError(f"{url}: HTTP {response.status_code} (not found)")
-                if response.status_code == 416 and have:  # nothing left to send: the part is complete
-                    break
-                if response.status_code in (401, 403):
-                    raise RefusedDownloadError(f"{url}: HTTP {response.status_code} (access denied; quota or credentials)")
-                if response.status_code == 429 or response.status_code >= 500:
-                    raise ConnectionError(f"HTTP {response.status_code}")
-                if response.status_code not in (200, 206):
-                    raise DownloadError(f"{url}: unexpected HTTP {response.status_code}")
-                if "text/html" in response.headers.get("Content-Type", ""):
-                    raise RefusedDownloadError(f"{url}: the server sent a web page instead of a file "
-                                        "(Google Drive quota exceeded or a login page?)")
-                resumed = response.status_code == 206
-                expected = response.headers.get("Content-Length")
-                expected = int(expected) if expected is not None else None
-                received = 0
-                with open(part, "ab" if resumed else "wb") as f:
-                    for chunk in response.iter_content(CHUNK):
-                        f.write(chunk)
-                        received += len(chunk)
-                        if on_bytes:
-                            on_bytes(len(chunk))
-                if expected is not None and received < expected:
-                    raise ConnectionError(f"connection closed after {received} of {expected} bytes")
-            last_error = None
-            break
-        except (SourceNotFoundError, DownloadError):
-            raise
-        except (requests.RequestException, ConnectionError, TimeoutError, OSError) as exc:
-            last_error = exc
-            log.info("%s: attempt %d/%d failed (%s: %s)", url, attempt, policy.retries, type(exc).__name__, exc)
-            if attempt < policy.retries:
-                _sleep_backoff(attempt, policy)
-    if last_error is not None:
-        raise DownloadError(f"{url}: failed after {policy.retries} attempts ({type(last_error).__name__}: "
-                            f"{str(last_error).splitlines()[0] if str(last_error) else ''})",
-                            attempts=policy.retries)
-    size = part.stat().st_size
-    os.replace(part, dest)
-    return size, attempt
-
-
-def _copy_fsspec(uri: str, dest: Path) -> int:
-    import fsspec
-
-    part = dest.with_name(dest.name + ".part")
-    part.parent.mkdir(parents=True, exist_ok=True)
-    size = 0
-    try:
-        with fsspec.open(uri, "rb") as src, open(part, "wb") as out:
-            while chunk := src.read(CHUNK):
-                out.write(chunk)
-                size += len(chunk)
-    except FileNotFoundError:
-        raise SourceNotFoundError(f"{uri}: not found") from None
-    except (OSError, ValueError) as exc:
-        raise DownloadError(f"{uri}: {type(exc).__name__}: {exc}") from None
-    os.replace(part, dest)
-    return size
-
-
-def _from_hub(uri: str, cache_dir: Path) -> Path:
-    """A model repo file through huggingface_hub's own cache (kept under ``<cache>/hf``), at the revision asked."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    repo, revision, path = parse_hf_uri(uri)
-    try:  # endpoint and token read now: huggingface_hub reads HF_ENDPOINT only when it is imported
-        return Path(hf_hub_download(repo_id=repo, filename=path, revision=revision, cache_dir=cache_dir / "hf",
-                                    endpoint=os.environ.get("HF_ENDPOINT") or None,
-                                    token=os.environ.get("HF_TOKEN") or None))
-    except LocalEntryNotFoundError:
-        raise DownloadError(f"{uri}: the Hub is unreachable (offline, or HF_HUB_OFFLINE is set) and the file "
-                            "is not in the cache") from None
-    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as exc:
-        raise SourceNotFoundError(f"{uri}: {type(exc).__name__}") from None
-    except Exception as exc:  # network and hub errors
-        raise DownloadError(f"{uri}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
 def resolve_remote(uri: str, mirror: str | None) -> str:
     """The URL/URI actually fetched for a remote source (after mirror redirection)."""
     if mirror:
@@ -227,57 +125,109 @@ def resolve_remote(uri: str, mirror: str | None) -> str:
     return uri
 
 
+
+
+def probe_source(url: str) -> dict | None:
+    """What the source at ``url`` (as fetched: after mirror redirection) says about its file now; None if unknown."""
+    if url.startswith(("http://", "https://")):
+        return probe_http(url)
+    if url.startswith("hf://"):
+        return probe_hub(*parse_hf_uri(url))
+    if "://" in url:
+        return probe_fsspec(url)
+    return probe_file(url) if url else None
+
+
+def probe_recorded(records: list[dict], mirror: str | None) -> list[dict | None]:
+    """Ask each recorded source again, where this build would fetch it; None where the location differs."""
+    current: list[dict | None] = []
+    for record in records:
+        url = resolve_remote(str(record.get("uri", "")), mirror)
+        current.append(probe_source(url) if location_id(url) == record.get("via") else None)
+    return current
+
+
+def _cached_is_current(dest: Path, url: str, check: bool) -> bool:
+    """May a finished file in the cache be reused? With a digest to verify, always; else if its source is unchanged."""
+    record = read_record(dest)
+    if not check or record is None:
+        return True
+    if record.get("url") == url and not changed([record], [probe_source(url)]):
+        return True
+    log.info("%s: the cached copy of %s is out of date; fetching it again", dest, url)
+    dest.unlink(missing_ok=True)
+    drop_record(dest)
+    return False
+
+
+@dataclass
+class _Got:
+    path: str
+    owned: bool
+    record: dict
+    downloaded: int = 0
+    attempts: int = 1
+
+
+def _fetch_remote(entry: ZooEntry, index: int, uri: str, cache_dir: Path, mirror: str | None, policy: FetchPolicy,
+                  on_bytes: Callable[[int], None] | None, started: float) -> _Got:
+    """One remote source into the cache (or the Hub's cache), under the policy's caps and the entry's deadline."""
+    target = resolve_remote(uri, mirror)
+    guard = TransferGuard(target, policy, started)
+    if uri.startswith("hf://") and not mirror:
+        local, record = from_hub(uri, *parse_hf_uri(uri), cache_dir, guard)
+        return _Got(str(local), False, record)
+    name = Path(urlsplit(target).path).name or f"member-{index}"
+    dest = cache_dir / slugify(entry.model_id) / f"{index}-{name}"
+    if dest.is_file() and _cached_is_current(dest, target, check=not entry.sha256):
+        return _Got(str(dest), True, read_record(dest) or {"url": target, "size": dest.stat().st_size})
+    if target.startswith(("http://", "https://")):
+        size, attempts, record = download_http(target, dest, policy, on_bytes, guard)
+        return _Got(str(dest), True, record, size, attempts)
+    if "://" in target:
+        size, record = copy_fsspec(target, dest, guard, on_bytes)
+    else:  # a mirror directory
+        size, record = copy_file(Path(target), dest, guard)
+    write_record(dest, record)
+    return _Got(str(dest), True, record, size)
+
+
 def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | None = None,
                 policy: FetchPolicy | None = None, on_bytes: Callable[[int], None] | None = None,
                 ) -> FetchedCheckpoint:
-    """Make all of an entry's checkpoint files local and verify the digest.
+    """Make all of an entry's checkpoint files local, verify the digest, and say what each server said.
 
-    Files already in the cache are reused (and re-hashed). Raises
-    SourceNotFoundError, DownloadError or ChecksumMismatchError.
+    Files already in the cache are reused (and re-hashed; without a zoo digest,
+    only while their source is unchanged). Raises SourceNotFoundError,
+    DownloadError (and its subclasses) or ChecksumMismatchError.
     """
     policy = policy or FetchPolicy()
-    started = time.perf_counter()
+    started, clock_started = time.perf_counter(), time.monotonic()
     if not entry.sources:
         raise SourceNotFoundError(f"{entry.model_id}: the zoo gives no source for this model")
-    paths, owned, downloaded, attempts = [], [], 0, 1
     cache = Path(cache_dir) / slugify(entry.model_id)
-    for index, uri in enumerate(entry.sources):
-        if is_local(uri):
-            path = local_path(uri)
-            if not path.is_file():
-                raise SourceNotFoundError(f"{entry.model_id}: {path} does not exist")
-            paths.append(str(path))
-            owned.append(False)
-            continue
-        target = resolve_remote(uri, mirror)
-        if uri.startswith("hf://") and not mirror:
-            paths.append(str(_from_hub(uri, Path(cache_dir))))
-            owned.append(False)
-            continue
-        name = Path(urlsplit(target).path).name or f"member-{index}"
-        dest = cache / f"{index}-{name}"
-        if not dest.is_file():
-            if target.startswith(("http://", "https://")):
-                size, attempts_here = download_http(target, dest, policy, on_bytes)
-                attempts = max(attempts, attempts_here)
-            elif "://" in target:
-                size = _copy_fsspec(target, dest)
-            else:  # a mirror directory
-                source = Path(target)
-                if not source.is_file():
-                    raise SourceNotFoundError(f"{entry.model_id}: {source} not found in the mirror")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, dest.with_name(dest.name + ".part"))
-                os.replace(dest.with_name(dest.name + ".part"), dest)
-                size = dest.stat().st_size
-            downloaded += size
-        paths.append(str(dest))
-        owned.append(True)
-    sha256, n_bytes = sha256_of_files(paths)
-    if entry.sha256 and entry.sha256.lower() != sha256:
-        for path, mine in zip(paths, owned, strict=True):
-            if mine:
-                Path(path).unlink(missing_ok=True)  # a bad copy must not be reused from the cache
-        raise ChecksumMismatchError(f"{entry.model_id}: sha256 {sha256[:16]}... does not match the expected "
+    got: list[_Got] = []
+    try:
+        for index, uri in enumerate(entry.sources):
+            if is_local(uri):
+                path = local_path(uri)
+                if not path.is_file():
+                    raise SourceNotFoundError(f"{entry.model_id}: {path} does not exist")
+                got.append(_Got(str(path), False, {}))
+                continue
+            one = _fetch_remote(entry, index, uri, Path(cache_dir), mirror, policy, on_bytes, clock_started)
+            one.record = {**one.record, "uri": uri}
+            got.append(one)
+    except BaseException:
+        remove_if_empty(cache)
+        raise
+    fetched = FetchedCheckpoint([g.path for g in got], "", 0, sum(g.downloaded for g in got), 0.0,
+                                max(g.attempts for g in got), [g.owned for g in got],
+                                [g.record for g in got if g.record])
+    fetched.sha256, fetched.n_bytes = sha256_of_files(fetched.paths)
+    if entry.sha256 and entry.sha256.lower() != fetched.sha256:
+        fetched.delete_owned()  # a bad copy must not be reused from the cache
+        raise ChecksumMismatchError(f"{entry.model_id}: sha256 {fetched.sha256[:16]}... does not match the expected "
                                     f"{entry.sha256[:16]}...; the source changed or the download is corrupt")
-    return FetchedCheckpoint(paths, sha256, n_bytes, downloaded, time.perf_counter() - started, attempts, owned)
+    fetched.seconds = time.perf_counter() - started
+    return fetched

@@ -60,7 +60,7 @@ def galleries(ds: FilterDataset, models: pd.DataFrame, rows: list[list[str]]) ->
         return []
     first = run_sql(ds, "first_layer", {"model_ids": wanted}).set_index("model_id")
     info = models.set_index("model_id")
-    stored = ds.store.stored_models()
+    stored = ds.stored_models()
     loaded: dict[str, Gallery] = {}
     for model_id in wanted:
         if model_id not in first.index:

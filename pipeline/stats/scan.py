@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def scan_targets(ds: FilterDataset, models: pd.DataFrame) -> list[ScanTarget]:
     """Per selected model: its filters files and conv_index -> depth bucket (-1: left out)."""
     layers = run_sql(ds, "scan_layers")
-    stored = ds.store.stored_models()
+    stored = ds.stored_models()
     targets = []
     for model_id in models.model_id:
         rows = layers[layers.model_id == model_id]

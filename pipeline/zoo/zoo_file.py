@@ -106,8 +106,13 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
     input_shape = raw.get("input_shape")
     if input_shape is not None and not re.fullmatch(r"\d+x\d+x\d+", str(input_shape)):
         raise ConfigError(f"{where} ({raw['id']}): input_shape must be CxHxW, e.g. 3x32x32")
+    sha256 = raw.get("sha256")
+    if sha256 is not None and not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha256)):
+        got = (f"a YAML {type(sha256).__name__} (quote it)" if not isinstance(sha256, str)
+               else f"{len(sha256)} characters" if len(sha256) != 64 else "characters that are not hexadecimal")
+        raise ConfigError(f"{where} ({raw['id']}): sha256 must be 64 hexadecimal characters in quotes, got {got}")
     return ZooEntry(
-        model_id=str(raw["id"]), sources=sources, sha256=raw.get("sha256"), arch=raw.get("arch"),
+        model_id=str(raw["id"]), sources=sources, sha256=sha256.lower() if sha256 else None, arch=raw.get("arch"),
         dataset=str(raw.get("dataset", "unknown")), threat_model=threat_model, robust=robust,
         input_shape=parse_input_shape(str(input_shape)) if input_shape else None, architecture=raw.get("architecture"),
         clean_acc=parse_number(raw.get("clean_acc"), "clean_acc", where),
