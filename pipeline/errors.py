@@ -65,6 +65,14 @@ class ArchitectureBuildError(ArchitectureError):
     """The --arch spec names a known architecture, but its code failed to build the network here."""
 
 
+class ExtractionTimeoutError(FilterlensError):
+    """Extracting one model took longer than the per-model limit (e.g. architecture code that hangs)."""
+
+    stage = "extract"
+    transient = False
+    exit_code = 3
+
+
 class ArchitectureMismatchError(ArchitectureError):
     """The state dict does not fit the architecture (missing/unexpected keys, shapes)."""
 
@@ -171,6 +179,10 @@ class ConfigError(FilterlensError):
 
     stage = "config"
     exit_code = 2
+
+
+class UntrustedCodeError(ConfigError):
+    """A zoo file names architecture code (``module:factory``) the user has not agreed to run."""
 
 
 class SchedulingError(FilterlensError):

@@ -8,6 +8,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("FILTERLENS_TRUSTED_MODULES", "zoo_fixtures")  # the test zoos' own architectures
 
 import shutil
 import tempfile

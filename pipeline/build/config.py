@@ -44,6 +44,10 @@ class BuildConfig:
     download_deadline_s: float = 3600.0
     """Wall-clock budget of one model's download, all files and attempts (0: none)."""
     stall_timeout_s: float = 300.0
+    extract_timeout_s: float = 3600.0
+    """Longest one model's extraction may take before it fails with ExtractionTimeoutError (0: no limit)."""
+    trust_zoo_code: bool = False
+    """Run ``module:factory`` architectures named by the zoo (pipeline/zoo/trust.py)."""
     progress: bool = True
 
     def policy(self) -> FetchPolicy:

@@ -40,7 +40,8 @@ def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: Dataset
         for attempt in range(1, config.retries + 1):
             t = time.perf_counter()
             try:
-                result = steps.extract(entry, fetched, store, config.device, config.force, config.keep_checkpoints)
+                result = steps.extract(entry, fetched, store, config.device, config.force, config.keep_checkpoints,
+                                       config.extract_timeout_s)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a failures row
                 if describe(exc)[2] and attempt < config.retries:
                     log.info("%s: transient %s, retrying", entry.model_id, type(exc).__name__)

@@ -37,7 +37,7 @@ from pipeline.build.progress import BuildProgress
 from pipeline.build.scheduler import BuildScheduler, Job
 from pipeline.build.steps import BuildSteps, KeptCheckpoints, record_build_failure
 from pipeline.dataset.store import DatasetStore
-from pipeline.errors import ConfigError, FilterlensError, SchedulingError
+from pipeline.errors import ConfigError, ExtractionTimeoutError, FilterlensError, SchedulingError
 from pipeline.fetch.download import FetchedCheckpoint
 from pipeline.fetch.policy import FetchPolicy
 from pipeline.ray_cluster import connect
@@ -79,6 +79,8 @@ def download_task(fetch: Callable, entry: dict, cache_dir: str, mirror: str | No
 
 
 MAX_ACTOR_RESTARTS = 3
+DRIVER_TIMEOUT_GRACE_S = 30.0
+"""How long past --extract-timeout the driver waits for the actor's own alarm before killing the actor."""
 
 
 @ray.remote(max_restarts=MAX_ACTOR_RESTARTS, max_task_retries=0)
@@ -86,7 +88,7 @@ class Extractor:
     """Holds the dataset handle and the device; extracts one model at a time."""
 
     def __init__(self, extract: Callable, out: str, device: str, threads: int, keep_checkpoints: bool,
-                 cache_budget_bytes: float | None) -> None:
+                 cache_budget_bytes: float | None, timeout_s: float = 0.0) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -95,6 +97,7 @@ class Extractor:
         self.device = device
         self.keep_checkpoints = keep_checkpoints
         self.kept = KeptCheckpoints(cache_budget_bytes)
+        self.timeout_s = timeout_s
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -103,7 +106,7 @@ class Extractor:
         checkpoint = FetchedCheckpoint(**fetched)
         try:
             result = self.extract_step(ZooEntry(**entry), checkpoint, self.store, self.device, force,
-                                       self.keep_checkpoints)
+                                       self.keep_checkpoints, self.timeout_s)
             if self.keep_checkpoints:
                 self.kept.add(checkpoint)
             return {"result": asdict(result)}
@@ -148,7 +151,8 @@ def plan_actors(config: BuildConfig, resources: dict) -> ActorPlan:
 def _start_actors(plan: ActorPlan, config: BuildConfig, store: DatasetStore, steps: BuildSteps) -> tuple[list, list[str]]:
     budget = config.cache_max_gb * 1e9 / plan.count if config.cache_max_gb else None  # each actor's share
     actors = [Extractor.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus).remote(
-        steps.extract, store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints, budget)
+        steps.extract, store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints, budget,
+        config.extract_timeout_s)
         for _ in range(plan.count)]
     refs = [a.node_id.remote() for a in actors]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=config.stall_timeout_s)
@@ -175,6 +179,8 @@ class RayBuild:
         self.extracting: dict[ray.ObjectRef, Job] = {}
         self.actors: list = []
         self.nodes: list[str] = []
+        self.extract_started: dict[ray.ObjectRef, float] = {}
+        self.timed_out: set[ray.ObjectRef] = set()
 
     def run(self) -> BuildSummary:
         connect(self.config.address)
@@ -211,6 +217,7 @@ class RayBuild:
                     self._download_finished(ref)
                 else:
                     self._extraction_finished(ref)
+            self._stop_overdue(now)
             self.progress.refresh()
             self.progress.bar.refresh()
             if now - last_progress > self.config.stall_timeout_s:
@@ -226,6 +233,7 @@ class RayBuild:
         for job in self.scheduler.extractions_to_start():
             ref = self.actors[job.actor].extract.remote(asdict(job.entry), job.fetched, self.config.force)
             self.extracting[ref] = job
+            self.extract_started[ref] = time.perf_counter()
 
     def _account_wait(self, seconds: float) -> None:
         """Time with no actor busy is time spent waiting for downloads."""
@@ -250,11 +258,32 @@ class RayBuild:
         self.progress.add_bytes(fetched["downloaded_bytes"])
         self.scheduler.download_done(job, fetched)
 
+    def _stop_overdue(self, now: float) -> None:
+        """Kill (Ray restarts it) an actor whose extraction outlived the limit plus a grace the actor's own
+        alarm did not meet: architecture code stuck in C, or one that ignores signals."""
+        if self.config.extract_timeout_s <= 0:
+            return
+        limit = self.config.extract_timeout_s + DRIVER_TIMEOUT_GRACE_S
+        for ref, started in list(self.extract_started.items()):
+            if ref in self.extracting and ref not in self.timed_out and now - started > limit:
+                job = self.extracting[ref]
+                log.warning("%s: extraction still running after %.0fs; stopping its actor", job.entry.model_id,
+                            now - started)
+                self.timed_out.add(ref)
+                ray.kill(self.actors[job.actor], no_restart=False)
+
     def _extraction_finished(self, ref: ray.ObjectRef) -> None:
         job = self.extracting.pop(ref)
+        self.extract_started.pop(ref, None)
         try:
             value = ray.get(ref)
         except RayActorError as exc:
+            if ref in self.timed_out:
+                self.timed_out.discard(ref)
+                self.scheduler.extraction_failed(job, ExtractionTimeoutError(
+                    f"{job.entry.model_id}: extraction took longer than {self.config.extract_timeout_s:g}s "
+                    "(--extract-timeout); its actor was stopped"), transient=False)
+                return
             alive = self.scheduler.actor_died(job, exc)
             log.warning("extractor actor %d died while extracting %s (%s)%s", job.actor, job.entry.model_id,
                         type(exc).__name__, "" if alive else "; it will not be restarted")

@@ -7,13 +7,17 @@ datatrove / img2dataset distributor pattern). Tests pass their own steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.build.plan import recorded_validators
 from pipeline.dataset.store import DatasetStore
+from pipeline.errors import ArchitectureBuildError, ExtractionTimeoutError
 from pipeline.fetch.download import FetchedCheckpoint, fetch_entry, remove_if_empty
 from pipeline.fetch.validators import changed, dataset_records, drop_record
 from pipeline.zoo.zoo_file import ZooEntry
@@ -22,9 +26,45 @@ if TYPE_CHECKING:
     from pipeline.extract.extractor import ExtractResult
 
 
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str) -> Iterator[None]:
+    """Raise ExtractionTimeoutError in this thread after ``seconds`` (main thread only: SIGALRM; 0: no limit).
+
+    Interrupts Python code that hangs (a ``signal.pause``, a loop); the alarm repeats
+    every second after the deadline, so code that catches it and tries again is
+    interrupted again, and whatever error escapes is reported as the timeout. Code
+    stuck inside C is stopped by the Ray runner, which kills the actor from the driver.
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    expired = []
+    message = f"{what}: extraction took longer than {seconds:g}s (--extract-timeout)"
+
+    def expire(signum: int, frame: object) -> None:
+        expired.append(True)
+        raise ExtractionTimeoutError(message)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 1.0)
+    try:
+        yield
+    except BaseException as exc:
+        if expired and not isinstance(exc, KeyboardInterrupt):
+            raise ExtractionTimeoutError(message) from None
+        raise
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, device: str,
-                    force: bool = False, keep_checkpoints: bool = False) -> ExtractResult:
-    """The per-model unit every backend runs after the download: extract, then free the cache."""
+                    force: bool = False, keep_checkpoints: bool = False, timeout_s: float = 0.0) -> ExtractResult:
+    """The per-model unit every backend runs after the download: extract, then free the cache.
+
+    Architecture code that exits or hangs fails this model only (ArchitectureBuildError,
+    ExtractionTimeoutError), so the build goes on.
+    """
     from pipeline.extract.extractor import extract_model  # torch: only where extraction runs
 
     request = entry.request(fetched.paths)
@@ -33,7 +73,12 @@ def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetS
     if records:
         request.metadata["source_validators"] = records
     force = force or row_out_of_date(entry, fetched, store, records)
-    result = extract_model(request, store, device=device, force=force, progress=False)
+    try:
+        with time_limit(timeout_s, entry.model_id):
+            result = extract_model(request, store, device=device, force=force, progress=False)
+    except SystemExit as exc:  # e.g. a zoo's module:factory that calls sys.exit
+        raise ArchitectureBuildError(f"{entry.model_id}: the architecture code exited (exit code {exc.code!r})") \
+            from None
     if not keep_checkpoints:
         fetched.delete_owned()
     return result
@@ -89,4 +134,4 @@ class BuildSteps:
     fetch: Callable[..., FetchedCheckpoint] = fetch_entry
     """``fetch(entry, cache_dir, mirror, policy, on_bytes=None) -> FetchedCheckpoint``"""
     extract: Callable[..., ExtractResult] = extract_fetched
-    """``extract(entry, fetched, store, device, force, keep_checkpoints) -> ExtractResult``"""
+    """``extract(entry, fetched, store, device, force, keep_checkpoints, timeout_s) -> ExtractResult``"""

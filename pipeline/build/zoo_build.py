@@ -21,6 +21,7 @@ from pipeline.build.steps import BuildSteps
 from pipeline.dataset.layout import utcnow
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError
+from pipeline.zoo.trust import require_consent
 from pipeline.zoo.zoo_file import ZooEntry
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
     config = BuildConfig(out=out, backend=backend, device=device, force=force, progress=progress,
                          **options)  # type: ignore[arg-type]
     entries = load_entries(zoo, model_info, datasets, threat_models, models, limit)
+    require_consent(entries, config.trust_zoo_code)  # before anything downloads or runs
     store = DatasetStore(out)
     started = time.perf_counter()
     todo, skipped = plan(entries, store, config.force, mirror=config.mirror)

@@ -49,3 +49,13 @@ def parse_arch_spec(spec: str) -> ArchSpec:
     raise UnknownArchitectureError(
         f"bad architecture spec {spec!r}: use robustbench:<dataset>:<threat_model>:<name>, "
         "timm:<name>, torchvision:<name> or <python.module>:<factory>")
+
+
+BUILT_IN_MODULES = ("pipeline.train.demo_models",)
+"""Architecture modules that ship with filterlens: naming them runs no one else's code."""
+
+
+def runs_user_code(spec: ArchSpec) -> bool:
+    """True when building ``spec`` imports and calls code that is not part of filterlens, timm,
+    torchvision or RobustBench (a ``<python.module>:<factory>`` spec outside ``BUILT_IN_MODULES``)."""
+    return spec.kind == "module" and spec.name.split(":")[0] not in BUILT_IN_MODULES

@@ -76,6 +76,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         f"{BUILD.download_deadline_s:g}; 0: none)")
     p.add_argument("--stall-timeout", type=float, default=BUILD.stall_timeout_s,
                    help=f"report when nothing finishes for this many seconds (default {BUILD.stall_timeout_s:g})")
+    p.add_argument("--extract-timeout", type=float, default=BUILD.extract_timeout_s,
+                   help=f"seconds one model's extraction may take (0: no limit; default {BUILD.extract_timeout_s:g})")
+    p.add_argument("--trust-zoo-code", action="store_true",
+                   help="run the Python code that zoo entries name as module:factory architectures (refused "
+                        "otherwise; or allow modules with FILTERLENS_TRUSTED_MODULES=a,b)")
     p.add_argument("--force", action="store_true", help="redo models that are already complete")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some models failed")
     p.add_argument("--dry-run", action="store_true", help="list what would be processed and skipped, do nothing")
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.build.plan import load_entries, plan
     from pipeline.build.zoo_build import build_zoo
     from pipeline.dataset.store import DatasetStore
+    from pipeline.zoo.trust import require_consent
 
     models = [m.strip() for m in args.models.split(",")] if args.models else None
     if args.address and args.address.startswith("http"):
@@ -96,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         return submit_build_job(args.address, argv, args.zoo)
     if args.dry_run:
         entries = load_entries(args.zoo, args.model_info, args.datasets, args.threat_models, models, args.limit)
+        require_consent(entries, args.trust_zoo_code)
         todo, skipped = plan(entries, DatasetStore(args.out), args.force, args.mirror)
         for entry in todo:
             print(f"extract  {entry.model_id}  ({entry.arch or 'state-dict order'}; {len(entry.sources)} source(s))")
@@ -111,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
         "keep_checkpoints": args.keep_checkpoints, "retries": args.retries, "timeout_s": args.timeout,
         "max_checkpoint_gb": args.max_checkpoint_gb, "min_download_rate_kbs": args.min_download_rate,
         "rate_window_s": args.rate_window, "download_deadline_s": args.download_deadline,
-        "stall_timeout_s": args.stall_timeout}.items() if v is not None}
+        "stall_timeout_s": args.stall_timeout, "extract_timeout_s": args.extract_timeout,
+        "trust_zoo_code": args.trust_zoo_code}.items() if v is not None}
     summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,
                         progress=not args.no_progress, model_info=args.model_info, datasets=args.datasets,
                         threat_models=args.threat_models, models=models, limit=args.limit,
