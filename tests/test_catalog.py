@@ -11,7 +11,8 @@ import yaml
 from pipeline.checkpoints.robustbench import import_robustbench
 from pipeline.errors import ConfigError
 from pipeline.fetch.download import mirror_path, parse_hf_uri, resolve_remote
-from pipeline.zoo.robustbench import load_model_info, robustbench_catalog
+from pipeline.zoo.leaderboard import load_model_info
+from pipeline.zoo.robustbench import robustbench_catalog
 from pipeline.zoo.zoo_file import load_zoo_file, select
 
 MODEL_INFO = Path(__file__).parent / "data" / "robustbench_model_info.jsonl"
@@ -72,7 +73,17 @@ def test_leaderboard_metadata_is_joined(catalog: list) -> None:
     assert (standard.robust, standard.threat_model) == (False, "none")
     assert {b["threat_model"] for b in standard.metadata["leaderboards"]} >= {"Linf", "L2"}
     with_info = [e for e in catalog if e.clean_acc is not None]
-    assert len(with_info) >= 0.9 * len(catalog)
+    assert len(with_info) == len(catalog)
+
+
+def test_robust_means_adversarially_trained(catalog: list) -> None:
+    """Linf/L2 entries are robust; corruptions entries keep their threat model and are not; Standard is none."""
+    kinds = {(e.threat_model, e.robust) for e in catalog}
+    assert kinds == {("Linf", True), ("L2", True), ("corruptions", False), ("none", False)}
+    by_id = {e.model_id: e for e in catalog}
+    augmix = by_id["robustbench/cifar10/corruptions/Hendrycks2020AugMix_WRN"]
+    assert (augmix.threat_model, augmix.robust, augmix.robust_acc, augmix.eps) == ("corruptions", False, 88.82, None)
+    assert by_id["robustbench/cifar100/corruptions/Hendrycks2020AugMix_WRN"].clean_acc == 76.28
 
 
 def test_catalog_filters(catalog: list) -> None:
@@ -108,15 +119,19 @@ def test_zoo_file_validation(tmp_path: Path) -> None:
     good = tmp_path / "zoo.yaml"
     good.write_text(yaml.safe_dump({"defaults": {"dataset": "cifar100"}, "models": [
         {"id": "a", "source": "w.pt", "eps": "8/255", "threat_model": "Linf"},
-        {"id": "b", "source": ["https://x.org/m0.pt", "gdrive:abc"], "robust": False}]}))
-    a, b = load_zoo_file(good)
+        {"id": "b", "source": ["https://x.org/m0.pt", "gdrive:abc"], "robust": False},
+        {"id": "c", "source": "w.pt", "threat_model": "corruptions"}]}))
+    a, b, c = load_zoo_file(good)
     assert a.sources == [str(tmp_path / "w.pt")] and a.dataset == "cifar100" and a.robust
     assert a.eps == pytest.approx(8 / 255) and not b.robust and b.sources[1] == "gdrive:abc"
+    assert (c.threat_model, c.robust) == ("corruptions", False)  # robust means adversarially trained
     for bad, message in [({"models": [{"id": "a"}]}, "missing 'source'"),
                          ({"models": [{"id": "a", "source": "x", "colour": 1}]}, "unknown keys"),
                          ({"models": [{"id": "a", "source": "x", "threat_model": "L3"}]}, "threat_model"),
                          ({"models": [{"id": "a", "source": "x"}, {"id": "a", "source": "y"}]}, "appears twice"),
-                         ({"nope": 1}, "'models' list")]:
+                         ({"nope": 1}, "'models' list"),
+                         ({"models": [{"id": "a", "source": "x", "threat_model": "corruptions", "robust": True}]},
+                          "robust: true means adversarially trained")]:
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ConfigError, match=message):

@@ -14,10 +14,13 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors.torch import save_file
 
 from pipeline.checkpoints.load import (
+    ConvWeight,
+    checkpoint_members,
     conv_weight_keys,
     detect_format,
     load_checkpoint,
     state_dict_convs,
+    suspected_transposed,
     unwrap_state_dict,
 )
 from pipeline.digest import sha256_of_files
@@ -107,6 +110,26 @@ def test_ensemble_as_list_in_one_file_and_as_several_files(tmp_path: Path) -> No
 
     digests = [sha256_of_files([tmp_path / f])[0] for f in ("m0.pt", "m1.pt")]
     assert two_files.sha256 == hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def test_members_of_one_loaded_file_keep_their_raw_wrappers() -> None:
+    a, b = small_state_dict(1), small_state_dict(2)
+    policy = {"model": {"module." + k: v for k, v in a.items()}, "bn": {"running_mean": torch.zeros(1)}}
+    members = checkpoint_members([{"state_dict": b}, policy], "ens.pt")
+    assert [(where, list(sd)) for _, sd, where in members] == [("state_dict", list(b)), ("model", list(a))]
+    assert members[1][0] is policy  # the raw member, for ensembles that bind several of its state dicts
+    with pytest.raises(NoConvWeightsError, match=r"^ens\.pt: holds no state dict \(found dict with keys epoch\)"):
+        checkpoint_members({"epoch": 3}, "ens.pt")
+
+
+@pytest.mark.parametrize(("name", "suspect"), [
+    ("decoder.deconv1", True), ("up.0", True), ("model.up1.conv", True), ("upsample.1", True),
+    ("head.ConvTranspose", True), ("layer_up.conv", True), ("up_blocks.0.conv", True), ("dec.upconv2", True),
+    ("group.conv", False), ("setup.conv", False), ("cup.1", False), ("features.0", False),
+    ("block1.layer.0.conv1", False),
+])
+def test_names_that_suggest_transposed_convs(name: str, suspect: bool) -> None:
+    assert suspected_transposed([ConvWeight(name, torch.zeros(1, 1, 3, 3))]) == ([name] if suspect else [])
 
 
 def test_state_dict_conv_order_and_param_count() -> None:

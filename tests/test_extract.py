@@ -236,3 +236,80 @@ def test_torchvision_spec_infers_classes_from_the_checkpoint(tmp_path: Path) -> 
                            store, device="cpu", progress=False)
     assert result.n_conv_layers == 20
     assert store.models().to_pylist()[0]["input_shape"] == "1x3x32x32"
+
+
+def test_a_model_without_3x3_convs_is_extracted_with_no_filters(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    path = save({"stem.weight": torch.randn(8, 3, 7, 7), "proj.weight": torch.randn(16, 8, 1, 1),
+                 "fc.weight": torch.randn(10, 16)}, tmp_path / "vit-like.pt")
+    store = DatasetStore(str(tmp_path / "ds"))
+    result = extract_model(ModelRequest("no3x3", checkpoints=[str(path)], dataset="cifar10"), store, device="cpu",
+                           progress=False)
+    assert (result.n_conv_layers, result.n_filters) == (2, 0)
+    row = store.models().to_pylist()[0]
+    assert (row["n_conv_layers"], row["n_conv3x3_layers"], row["n_filters"], row["n_filter_files"]) == (2, 0, 0, 0)
+    with open_dataset(str(tmp_path / "ds")) as ds:
+        layers = ds.sql("SELECT layer_name, kernel_h, n_filters, sparsity FROM layers ORDER BY conv_index").fetchall()
+        (n_rows,) = ds.sql("SELECT count(*) FROM filters").fetchall()[0]
+    assert layers == [("stem", 7, 24, None), ("proj", 1, 128, None)] and n_rows == 0
+
+
+class WithTransposed(torch.nn.Module):
+    """An encoder conv and a decoder ConvTranspose2d with a 3x3 kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = torch.nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.deconv1 = torch.nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)
+        self.up = torch.nn.Sequential(torch.nn.ConvTranspose2d(4, 4, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.deconv1(self.enc(x)))
+
+
+def with_transposed() -> torch.nn.Module:
+    return WithTransposed()
+
+
+def test_transposed_convs_warn_once_without_an_architecture(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    torch.manual_seed(0)
+    path = save(with_transposed().state_dict(), tmp_path / "ae.pt")
+    store = DatasetStore(str(tmp_path / "ds"))
+    with caplog.at_level("WARNING", logger="pipeline.extract.extractor"):
+        bare = extract_model(ModelRequest("ae", checkpoints=[str(path)], dataset="cifar10"), store, device="cpu",
+                             progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["ae: 2 4-D weights look like transposed/up-sampling convs (deconv1, up.0); without --arch "
+                        "their shapes cannot tell them from Conv2d, so they are kept as ordinary convs; pass --arch "
+                        "to keep only nn.Conv2d"]
+    assert bare.n_conv_layers == 3  # the shapes (c_in, c_out/groups, 3, 3) pass for ordinary convs
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pipeline.extract.extractor"):
+        bound = extract_model(ModelRequest("ae-arch", checkpoints=[str(path)], arch="test_extract:with_transposed",
+                                           dataset="cifar10"), store, device="cpu", progress=False)
+    assert bound.n_conv_layers == 1 and not caplog.records  # with the architecture only nn.Conv2d counts
+
+
+def test_a_timm_served_entry_binds_from_its_release_layout(tmp_path: Path) -> None:
+    from test_catalog_bind import timm_release_file
+
+    spec = "robustbench:cifar10:Linf:Debenedetti2022Light_XCiT-S12"
+    model = zoo_model(spec)
+    stored = timm_release_file(model)  # the official XCiT keys under "model", as timm's filter expects them
+    assert "pos_embeder.token_projection.weight" in stored["model"]
+    path = save(stored, tmp_path / "debenedetti2022light-xcit-s-cifar10-linf.pth.tar")
+    store = DatasetStore(str(tmp_path / "ds"))
+    result = extract_model(ModelRequest("xcit", checkpoints=[str(path)], arch=spec, dataset="cifar10"), store,
+                           device="cpu", progress=False)
+    binding = json.loads(store.models().to_pylist()[0]["metadata_json"])["binding"]
+    assert binding["alignments"] == ["model: remapped by timm.models.xcit.checkpoint_filter_fn, add 'model.'"]
+    assert binding["missing_buffers"] == ["normalize.mean", "normalize.std"]
+    convs = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert result.n_conv_layers == len(convs) == 29  # 4 stem, the 1x1 positional projection, 2 per block
+    with open_dataset(str(tmp_path / "ds")) as ds:
+        first, = ds.sql("SELECT layer_name FROM layers WHERE conv_index = 0").fetchall()[0]
+        w = ds.sql("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters WHERE conv_index = 0 "
+                   "AND out_channel = 5 AND in_channel = 2").fetchall()[0]
+    assert first == "model.patch_embed.proj.0.0"
+    expected = model.model.patch_embed.proj[0][0].weight[5, 2].detach().reshape(-1).numpy()
+    assert np.array_equal(np.array(w, dtype=np.float32), expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -442,3 +443,87 @@ def test_a_given_coefficient_range_drops_values_outside_as_numpy_does(planted: t
         for k in (0, 4, 8):
             expected, _ = np.histogram(coef[in_cifar100 & (robust == r), k], bins=70, range=(-0.5, 0.7))
             assert part[part.coefficient == k].sort_values("bin")["count"].tolist() == expected.tolist()
+
+
+# --- threat models: corruption-robust models apart; the report says what it pooled -----------------
+@pytest.fixture(scope="module")
+def mixed_threats(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 Linf + 1 L2 robust, 3 normal, and 3 corruption-robust models (one stored the old way, robust = true)."""
+    root = tmp_path_factory.mktemp("threats") / "ds"
+    store = DatasetStore(str(root))
+    rng = np.random.default_rng(11)
+    for i in range(3):
+        write_model(store, f"t/linf{i}", "cifar10", tiny_weights(rng, True), True)
+        write_model(store, f"t/normal{i}", "cifar10", tiny_weights(rng, False), False)
+        write_model(store, f"t/corr{i}", "cifar10", tiny_weights(rng, True), i == 2, threat_model="corruptions")
+    write_model(store, "t/l2", "cifar10", tiny_weights(rng, True), True, threat_model="L2")
+    return root
+
+
+def pools(result: object) -> dict:
+    from pipeline.stats.selection import pooled_threat_models
+    return pooled_threat_models(result.tables["models"])
+
+
+def test_corruption_robust_models_are_in_neither_pool_by_default(mixed_threats: Path, tmp_path: Path) -> None:
+    result = run_stats(str(mixed_threats), str(tmp_path), StatsOptions(**FAST))
+    assert sorted(result.tables["models"].model_id) == ["t/l2", "t/linf0", "t/linf1", "t/linf2", "t/normal0",
+                                                        "t/normal1", "t/normal2"]
+    assert pools(result) == {"robust": {"L2": 1, "Linf": 3}, "normal": {"none": 3}}
+    assert result.selection == "all models; corruption-robust models (threat_model corruptions) left out"
+    assert result.notes[0] == ("3 corruption-robust model(s) (threat_model corruptions) left out of both pools; "
+                               "--include-corruptions or --threat-models corruptions brings them into the robust pool.")
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["pooled_threat_models"] == {"robust": {"L2": 1, "Linf": 3}, "normal": {"none": 3}}
+    assert "Threat models pooled: robust: L2 1, Linf 3; normal: none 3 (robust: adversarially trained" in (
+        tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("options", "robust_pool", "selection"), [
+    ({"include_corruptions": True}, {"L2": 1, "Linf": 3, "corruptions": 3},
+     "all models; corruption-robust models (threat_model corruptions) in the robust pool"),
+    ({"threat_models": ["corruptions"]}, {"corruptions": 3},
+     "robust threat models corruptions; corruption-robust models (threat_model corruptions) in the robust pool"),
+    ({"threat_models": ["Linf"], "include_corruptions": True}, {"Linf": 3, "corruptions": 3},
+     "robust threat models Linf, corruptions; corruption-robust models (threat_model corruptions) in the robust pool"),
+    ({"threat_models": ["Linf"]}, {"Linf": 3},
+     "robust threat models Linf; corruption-robust models (threat_model corruptions) left out"),
+])
+def test_corruption_robust_models_join_the_robust_pool_when_asked(mixed_threats: Path, tmp_path: Path,
+                                                                  options: dict, robust_pool: dict,
+                                                                  selection: str) -> None:
+    result = run_stats(str(mixed_threats), str(tmp_path), StatsOptions(**options, **FAST))
+    assert pools(result) == {"robust": robust_pool, "normal": {"none": 3}}
+    assert result.selection == selection
+    models = result.tables["models"]
+    assert models[models.threat_model == "corruptions"].robust.all()  # the pool, whatever was stored
+    assert any(n.startswith("3 corruption-robust") for n in result.notes) == ("corruptions" not in robust_pool)
+
+
+def test_cli_threat_model_flags(cli: object, mixed_threats: Path, tmp_path: Path) -> None:
+    res = cli("stats", mixed_threats, "--out", tmp_path / "r", "--include-corruptions", "--no-figures",
+              "--permutations", "0")
+    assert res.code == 0, res.err
+    assert res.out.splitlines()[0] == (f"10 models (robust: L2 1, Linf 3, corruptions 3; normal: none 3); report: "
+                                       f"{tmp_path / 'r'}/report.md, {tmp_path / 'r'}/report.html")
+    bad = cli("stats", mixed_threats, "--out", tmp_path / "r", "--threat-models", "linf")
+    assert bad.code == 2 and "--threat-models linf: not a threat model (one of Linf, L2, corruptions, none)" in bad.err
+
+
+def test_pairs_paper_uses_the_shipped_table(cli: object, tmp_path: Path) -> None:
+    from pipeline.stats.pairing import read_pairs_table
+
+    pd.testing.assert_frame_equal(read_pairs_table("paper"), read_pairs_table(str(PAPER_PAIRS)))
+    store = DatasetStore(str(tmp_path / "ds"))
+    rng = np.random.default_rng(2)
+    robust = "robustbench/cifar10/Linf/Andriushchenko2020Understanding"
+    normal = "hso_normal_training_robustbench_Andriushchenko2020Understanding_cifar10_13"
+    write_model(store, robust, "cifar10", tiny_weights(rng, True), True, architecture="PreActResNet-18")
+    write_model(store, normal, "cifar10", tiny_weights(rng, False), False, architecture="PreActResNet-18")
+    res = cli("stats", tmp_path / "ds", "--out", tmp_path / "r", "--pairs", "paper", "--no-figures",
+              "--permutations", "0")
+    assert res.code == 0, res.err
+    pairs = pd.read_csv(tmp_path / "r" / "tables" / "pairs.csv")
+    assert pairs.values.tolist() == [[robust, normal, "PreActResNet-18", "cifar10", "table"]]
+    assert "1 robust/normal pairs (from the paper's pairings, Gavrikov & Keuper 2022 (CC BY-SA 4.0))" in (
+        tmp_path / "r" / "report.md").read_text()

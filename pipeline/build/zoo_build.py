@@ -70,4 +70,5 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
         "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
         "seconds": round(summary.wall_seconds, 3),
     })
+    store.write_index()  # readers of a large root then read two row files, not one per model
     return summary

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import warnings
 from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from pipeline.checkpoints.arch_spec import ArchSpec
 from pipeline.checkpoints.robustbench import robustbench_entry, robustbench_timm_name
-from pipeline.errors import ForwardPassError, UnknownArchitectureError
+from pipeline.errors import ArchitectureBuildError, ForwardPassError, UnknownArchitectureError
 
 DATASET_INPUT_SHAPES = {
     "cifar10": (3, 32, 32),
@@ -46,7 +48,7 @@ def _no_pretrained_downloads() -> Iterator[None]:
         return original_create(*args, **kwargs)
 
     def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        raise UnknownArchitectureError("the architecture factory tried to download weights")
+        raise ArchitectureBuildError("the architecture factory tried to download weights")
 
     patches = [(timm, "create_model", create_model), (torch.hub, "load_state_dict_from_url", refuse)]
     originals = [(obj, attr, getattr(obj, attr)) for obj, attr, _ in patches]
@@ -74,18 +76,76 @@ def _no_pretrained_downloads() -> Iterator[None]:
             setattr(tv_models, builder_name, builder)
 
 
+META_MIN_NUMEL = 1024
+"""Parameters this large are created on the meta device by ``instantiate(on_meta=True)``; smaller ones
+(scales, biases, mixing weights) stay real, so construction code that reads them still runs."""
+
+
+@contextlib.contextmanager
+def _large_parameters_on_meta() -> Iterator[None]:
+    """Move every large parameter to the meta device as it is registered; buffers and computations stay real.
+
+    Unlike ``torch.device("meta")``, construction-time arithmetic (drop-path schedules, index
+    tables, ``.item()`` calls) still runs, while the memory and the random initialisation of
+    the weights, which the checkpoint replaces anyway, are skipped.
+    """
+    original = nn.Module.register_parameter
+
+    def register_parameter(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if type(param) is nn.Parameter and not param.is_meta and param.numel() >= META_MIN_NUMEL:
+            param = nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        original(self, name, param)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        with _SkipInPlaceOnMeta():
+            yield
+    finally:
+        nn.Module.register_parameter = original
+
+
+class _SkipInPlaceOnMeta(TorchFunctionMode):
+    """Initialisers' in-place ops on meta tensors change nothing but run slow Python meta kernels: skip them."""
+
+    OPS = frozenset({"uniform_", "normal_", "trunc_normal_", "erfinv_", "mul_", "add_", "sub_", "div_", "clamp_",
+                     "clamp_min_", "clamp_max_", "fill_", "zero_", "copy_", "exponential_", "bernoulli_", "random_",
+                     "log_normal_", "geometric_", "cauchy_"})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+        if getattr(func, "__name__", "") in self.OPS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def _cuda_calls_stay_on_cpu() -> Iterator[None]:
+    """Without a GPU, make ``.cuda()`` in zoo constructors a no-op (e.g. BiT's normalisation constants)."""
+    if torch.cuda.is_available():
+        yield
+        return
+    originals = (torch.Tensor.cuda, nn.Module.cuda)
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    nn.Module.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, nn.Module.cuda = originals  # type: ignore[method-assign]
+
+
 def instantiate(spec: ArchSpec, num_classes: int | None = None, on_meta: bool = False) -> nn.Module:
     """Build the (randomly initialised) network named by ``spec``; never downloads weights.
 
-    ``on_meta`` builds it on PyTorch's meta device: no memory and no random
-    initialisation, for models whose weights are about to be replaced anyway.
+    ``on_meta`` puts its large parameters on PyTorch's meta device: no memory and no random
+    initialisation, for models whose weights are about to be replaced anyway. Raises
+    UnknownArchitectureError when the spec names nothing known, ArchitectureBuildError when
+    the architecture's own code fails.
     """
-    with torch.device("meta") if on_meta else contextlib.nullcontext():
+    with _large_parameters_on_meta() if on_meta else contextlib.nullcontext(), _cuda_calls_stay_on_cpu():
         return _build(spec, num_classes)
 
 
 def _build(spec: ArchSpec, num_classes: int | None) -> nn.Module:
-    """Dispatch on the spec's kind; any failure but an UnknownArchitectureError is wrapped in one."""
+    """Dispatch on the spec's kind; a failure of a known architecture's code becomes an ArchitectureBuildError."""
     try:
         if spec.kind == "robustbench":
             return _build_robustbench(spec)
@@ -96,8 +156,11 @@ def _build(spec: ArchSpec, num_classes: int | None) -> nn.Module:
         return _build_from_module(spec)
     except UnknownArchitectureError:
         raise
+    except ArchitectureBuildError as exc:
+        raise ArchitectureBuildError(f"building {spec} failed: {exc}") from None
     except Exception as exc:
-        raise UnknownArchitectureError(f"building {spec} failed: {type(exc).__name__}: {exc}") from None
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ArchitectureBuildError(f"building {spec} failed: {type(exc).__name__}: {first}") from exc
 
 
 def _build_robustbench(spec: ArchSpec) -> nn.Module:
@@ -111,8 +174,8 @@ def _build_robustbench(spec: ArchSpec) -> nn.Module:
 
         return timm.create_model(timm_name, pretrained=False,
                                  num_classes=DATASET_CLASSES[BenchmarkDataset(spec.dataset)])
-    with _no_pretrained_downloads(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _no_pretrained_downloads(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # and their prints (parameter counts) are silenced
         return entry["model"]()
 
 
@@ -128,12 +191,11 @@ def _build_timm(spec: ArchSpec, num_classes: int | None) -> nn.Module:
 def _build_torchvision(spec: ArchSpec, num_classes: int | None) -> nn.Module:
     import torchvision
 
-    try:
-        kwargs = {"num_classes": num_classes} if num_classes else {}
-        return torchvision.models.get_model(spec.name, weights=None, **kwargs)
-    except ValueError:
+    if spec.name not in torchvision.models.list_models():
         raise UnknownArchitectureError(
-            f"torchvision has no model {spec.name!r} (see torchvision.models.list_models())") from None
+            f"torchvision has no model {spec.name!r} (see torchvision.models.list_models())")
+    kwargs = {"num_classes": num_classes} if num_classes else {}
+    return torchvision.models.get_model(spec.name, weights=None, **kwargs)
 
 
 def _build_from_module(spec: ArchSpec) -> nn.Module:

@@ -7,7 +7,8 @@ tolerated keys, and building and the zoo need its import and timm naming.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -74,12 +75,15 @@ def bind_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], w
     Missing parameters, unexpected keys and shape mismatches raise
     ArchitectureMismatchError listing them; missing buffers (e.g. input
     normalisation constants some zoo checkpoints omit) are recorded in ``report``.
+    A checkpoint that fits only after timm's own ``checkpoint_filter_fn`` (an older timm
+    layout, or the official XCiT/DeiT keys; robustbench.load_model and timm apply the
+    same filters) is converted with it.
     """
     target = module.state_dict()
-    aligned, desc = align_keys(state_dict, set(target))
-    report.alignments.append(f"{where}: {desc}")
+    aligned, desc, tolerated = _fitting_keys(module, state_dict, target, where, tolerate_unexpected)
     missing = set(target) - set(aligned)
-    _check_fit(module, aligned, target, missing, where, report, tolerate_unexpected)
+    report.tolerated_unexpected += tolerated
+    report.alignments.append(f"{where}: {desc}")
     prefix = "" if where == "model" else f"{where}."
     report.missing_buffers += [prefix + k for k in sorted(missing)]
     loadable = {}
@@ -94,15 +98,61 @@ def bind_state_dict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], w
     module.load_state_dict(loadable, strict=False, assign=True)
 
 
+def _timm_model_in(module: nn.Module) -> tuple[str, nn.Module, Callable] | None:
+    """The outermost timm model inside ``module`` (itself, or e.g. RobustBench's ``normalize``-wrapped ``model``),
+    with its module's ``checkpoint_filter_fn``."""
+    for name, sub in module.named_modules():
+        source = sys.modules.get(type(sub).__module__)
+        filter_fn = getattr(source, "checkpoint_filter_fn", None)
+        if (type(sub).__module__.startswith("timm.models.") and callable(filter_fn)
+                and hasattr(sub, "forward_features") and hasattr(sub, "forward_head")):
+            return name, sub, filter_fn
+    return None
+
+
+def timm_remap(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str] | None:
+    """``state_dict`` converted by timm's filter for the timm model inside ``module`` (as timm does when it
+    loads pretrained weights), keyed for ``module``; None when there is none or it fails on these keys."""
+    found = _timm_model_in(module)
+    if found is None:
+        return None
+    path, inner, filter_fn = found
+    local, _ = align_keys(state_dict, set(inner.state_dict()))
+    try:
+        filtered = filter_fn(dict(local), inner)
+    except Exception:  # noqa: BLE001 - a filter that cannot read these keys does not apply
+        return None
+    prefix = f"{path}." if path else ""
+    name = f"{type(inner).__module__}.checkpoint_filter_fn"
+    return {prefix + k: v for k, v in filtered.items()}, f"remapped by {name}" + (f", add {prefix!r}" if prefix else "")
+
+
+def _fitting_keys(module: nn.Module, state_dict: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
+                  where: str, tolerate_unexpected: bool) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """(state dict keyed for ``module``, how it was re-keyed, tolerated extra keys): as is, else via timm's filter."""
+    aligned, desc = align_keys(state_dict, set(target))
+    try:
+        return aligned, desc, _check_fit(module, aligned, target, where, tolerate_unexpected)
+    except ArchitectureMismatchError:
+        remapped = timm_remap(module, state_dict)
+        if remapped is None:
+            raise
+    aligned, desc = remapped
+    try:
+        return aligned, desc, _check_fit(module, aligned, target, where, tolerate_unexpected)
+    except ArchitectureMismatchError as after:
+        raise ArchitectureMismatchError(f"{after} (also after it was {desc})") from None
+
+
 def _check_fit(module: nn.Module, aligned: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor],
-               missing: set[str], where: str, report: BindReport, tolerate_unexpected: bool) -> None:
-    """Raise ArchitectureMismatchError for missing parameters, unexpected keys or shape mismatches."""
+               where: str, tolerate_unexpected: bool) -> list[str]:
+    """Raise ArchitectureMismatchError for missing parameters, unexpected keys or shape mismatches;
+    return the unexpected keys RobustBench tolerates (when ``tolerate_unexpected``)."""
     param_names = {name for name, _ in module.named_parameters()}
     unexpected = set(aligned) - set(target)
-    missing_params = missing & param_names
-    if tolerate_unexpected:
-        report.tolerated_unexpected += sorted(k for k in unexpected if TOLERATED_UNEXPECTED.search(k))
-        unexpected = {k for k in unexpected if not TOLERATED_UNEXPECTED.search(k)}
+    missing_params = (set(target) - set(aligned)) & param_names
+    tolerated = sorted(k for k in unexpected if TOLERATED_UNEXPECTED.search(k)) if tolerate_unexpected else []
+    unexpected -= set(tolerated)
     shape_errors = [f"{k} {tuple(aligned[k].shape)} vs {tuple(target[k].shape)}" for k in set(aligned) & set(target)
                     if aligned[k].shape != target[k].shape]
     if missing_params or unexpected or shape_errors:
@@ -115,6 +165,7 @@ def _check_fit(module: nn.Module, aligned: Mapping[str, torch.Tensor], target: M
             parts.append(f"{len(shape_errors)} shape mismatches: {_sample(shape_errors, 3)}")
         raise ArchitectureMismatchError(
             f"checkpoint does not fit {where} ({'; '.join(parts)}); check --arch or the checkpoint")
+    return tolerated
 
 
 def bind_members(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]],

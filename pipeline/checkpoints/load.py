@@ -16,6 +16,7 @@ import argparse
 import logging
 import os
 import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -262,17 +263,9 @@ def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike],
 
     for path, fmt in zip(paths, formats, strict=True):
         obj = _load_safetensors(path) if fmt == "safetensors" else _torch_load(path, fmt)
-        members = split_ensemble(obj) or [obj]
-        for member in members:
-            try:
-                state_dict, where = unwrap_state_dict(member)
-            except NoConvWeightsError:
-                raise NoConvWeightsError(
-                    f"{path}: holds no state dict (found {type(member).__name__}"
-                    f"{' with keys ' + ', '.join(map(str, list(member)[:8])) if isinstance(member, Mapping) else ''})"
-                ) from None
+        for member, state_dict, where in checkpoint_members(obj, str(path)):
             loaded.raw_members.append(member)
-            loaded.state_dicts.append(strip_prefix(state_dict, "module."))
+            loaded.state_dicts.append(state_dict)
             loaded.unwrap_paths.append(where)
     if not any(conv_weight_keys(sd) for sd in loaded.state_dicts):
         raise NoConvWeightsError(
@@ -280,6 +273,24 @@ def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike],
             f"{sum(len(sd) for sd in loaded.state_dicts)} tensors; is this a CNN checkpoint?"
         )
     return loaded
+
+
+def checkpoint_members(obj: object, source: str) -> list[tuple[object, dict[str, torch.Tensor], str]]:
+    """(raw member, state dict without ``module.`` prefixes, unwrap path) of each model in one loaded file.
+
+    A file holds one model, or a one-file ensemble as a list of state dicts or wrappers.
+    """
+    members = []
+    for member in split_ensemble(obj) or [obj]:
+        try:
+            state_dict, where = unwrap_state_dict(member)
+        except NoConvWeightsError:
+            raise NoConvWeightsError(
+                f"{source}: holds no state dict (found {type(member).__name__}"
+                f"{' with keys ' + ', '.join(map(str, list(member)[:8])) if isinstance(member, Mapping) else ''})"
+            ) from None
+        members.append((member, strip_prefix(state_dict, "module."), where))
+    return members
 
 
 def conv_weight_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
@@ -291,6 +302,15 @@ def conv_weight_keys(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
               and v.is_floating_point()]
     named = [k for k in four_d if k.rsplit(".", 1)[-1] == "weight"]
     return named or four_d
+
+
+TRANSPOSED_NAME = re.compile(r"transpose|deconv|upconv|upsampl|(^|[._])up(\d*|_[a-z0-9]*)(\.|$)", re.IGNORECASE)
+"""Layer names that suggest a transposed (up-sampling) convolution, e.g. ``decoder.deconv1`` or ``up.0``."""
+
+
+def suspected_transposed(convs: Sequence[ConvWeight]) -> list[str]:
+    """Names of state-dict convs that look like ConvTranspose2d layers (shapes alone cannot tell them apart)."""
+    return [c.name for c in convs if TRANSPOSED_NAME.search(c.name)]
 
 
 BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")

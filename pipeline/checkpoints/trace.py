@@ -13,7 +13,7 @@ from pipeline.checkpoints.arch_spec import ArchSpec
 from pipeline.checkpoints.architectures import input_shape_for, instantiate
 from pipeline.checkpoints.bind import BindReport, bind_members, materialize_meta_tensors
 from pipeline.checkpoints.load import ConvWeight
-from pipeline.errors import ArchitectureMismatchError, ForwardPassError, UnknownArchitectureError
+from pipeline.errors import ArchitectureBuildError, ArchitectureMismatchError, ForwardPassError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def trace_convs(model: nn.Module, input_shape: Sequence[int], device: torch.devi
     (weight sharing) counts once, at its first call. Parameters of modules that
     never ran are counted as unused.
     """
-    model = model.to(device).eval()
+    model = _to_device(model, device).eval()
     names = {m: n for n, m in model.named_modules()}
     executed: set[nn.Module] = set()
     order: list[nn.Module] = []
@@ -73,6 +73,20 @@ def trace_convs(model: nn.Module, input_shape: Sequence[int], device: torch.devi
     return TraceResult(convs=convs, n_params=n_params, n_params_unused=n_unused)
 
 
+def _to_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model.to(device)``; on meta (a shape-only trace) 0-dim tensors stay real, so control flow that reads
+    scalars (mixing weights, thresholds) still runs, and plain tensor attributes (constants the zoo's code
+    keeps outside buffers) move too."""
+    if device.type != "meta":
+        return model.to(device)
+    model._apply(lambda t: t if t.dim() == 0 else t.to(device))
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and value.dim() > 0:
+                setattr(module, name, value.to(device))
+    return model
+
+
 def _count_params(model: nn.Module, executed: set[nn.Module]) -> tuple[int, int]:
     """(all parameters, those of modules that never ran), each shared tensor counted once."""
     seen: set[int] = set()
@@ -100,28 +114,45 @@ def bind_and_trace(spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tens
                    num_classes: int | None = None) -> BoundModel:
     """Build ``spec``, bind the weights, and trace the conv order.
 
-    The model is first built on the meta device (no random initialisation: the
-    weights come from the checkpoint); code that cannot run that way falls back
-    to an ordinary build. Mismatches between checkpoint and architecture are
-    raised either way.
+    The model is first built with its weights on the meta device (no memory, no random
+    initialisation: the weights come from the checkpoint); code that cannot run that way
+    falls back to an ordinary build, and so does binding or a forward pass that fails on
+    the meta-built model. Mismatches between checkpoint and architecture are raised either way.
+    On ``device`` meta the trace is shape-only (no weight gets real storage).
     """
-    last_error: Exception | None = None
-    for on_meta in (True, False):
-        try:
-            model = instantiate(spec, num_classes=num_classes, on_meta=on_meta)
-            report = bind_members(model, spec, state_dicts, raw_members)
-            if on_meta:
-                materialize_meta_tensors(model)
-            shape = input_shape or input_shape_for(spec, dataset, model)
-            traced = trace_convs(model, shape, device)
-            for conv in traced.convs:
-                conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
-            return BoundModel(traced, report, shape)
-        except (ArchitectureMismatchError, UnknownArchitectureError):
+    model, on_meta = build_for_binding(spec, num_classes)
+    try:
+        return _bind_and_trace(model, spec, state_dicts, raw_members, device, dataset, input_shape)
+    except ArchitectureMismatchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a meta-build artefact gets one ordinary build
+        if not on_meta or device.type == "meta":
             raise
-        except Exception as exc:  # noqa: BLE001 - retried once without the meta device
-            if not on_meta:
-                raise
-            log.debug("meta-device build of %s failed (%s); building it normally", spec, exc)
-            last_error = exc
-    raise ForwardPassError(str(last_error))
+        log.debug("binding or tracing the meta-built %s failed (%s); building it normally", spec, exc)
+    model = instantiate(spec, num_classes=num_classes)
+    return _bind_and_trace(model, spec, state_dicts, raw_members, device, dataset, input_shape)
+
+
+def build_for_binding(spec: ArchSpec, num_classes: int | None = None) -> tuple[nn.Module, bool]:
+    """(model, built on meta): a meta build, or an ordinary one when the architecture's code cannot run on meta.
+
+    Only when both fail is an ArchitectureBuildError raised, with the ordinary build's cause.
+    """
+    try:
+        return instantiate(spec, num_classes=num_classes, on_meta=True), True
+    except ArchitectureBuildError as exc:
+        log.debug("meta-device build of %s failed (%s); building it normally", spec, exc)
+    return instantiate(spec, num_classes=num_classes), False
+
+
+def _bind_and_trace(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]],
+                    raw_members: Sequence[object], device: torch.device, dataset: str | None,
+                    input_shape: tuple[int, ...] | None) -> BoundModel:
+    report = bind_members(model, spec, state_dicts, raw_members)
+    if device.type != "meta":
+        materialize_meta_tensors(model)
+    shape = input_shape or input_shape_for(spec, dataset, model)
+    traced = trace_convs(model, shape, device)
+    for conv in traced.convs:
+        conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
+    return BoundModel(traced, report, shape)

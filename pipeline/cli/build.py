@@ -37,7 +37,7 @@ def add_zoo_filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated model names or ids")
     p.add_argument("--limit", type=int, help="at most this many models")
     p.add_argument("--model-info", help="RobustBench model_info as a JSON-lines file or model_info/ directory "
-                                        "(offline use; fetched and cached otherwise)")
+                                        "(replaces the shipped snapshot and a `filterlens zoo refresh` cache)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

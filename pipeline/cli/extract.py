@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 from pipeline.errors import ConfigError
-from pipeline.zoo.spec import THREAT_MODELS, ModelRequest, parse_input_shape
+from pipeline.zoo.spec import (
+    ADVERSARIAL_THREAT_MODELS,
+    THREAT_MODELS,
+    ModelRequest,
+    parse_input_shape,
+)
+
+log = logging.getLogger(__name__)
 
 HELP = """\
 Extract every 3x3 convolution filter and per-layer metric of one model into the
@@ -33,14 +41,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", help="stable key of the model (default: the checkpoint's file name)")
     p.add_argument("--dataset", default=None, help="training dataset, e.g. cifar10 (default: from --arch, else unknown)")
     p.add_argument("--threat-model", choices=THREAT_MODELS, default=None,
-                   help="Linf, L2, corruptions or none (default: from --arch, else none)")
+                   help="Linf, L2, corruptions or none (default: none with --normal, else from --arch, else none)")
     robust = p.add_mutually_exclusive_group()
     robust.add_argument("--robust", dest="robust", action="store_true", default=None,
-                        help="mark as robust (default when the threat model is not none)")
-    robust.add_argument("--normal", dest="robust", action="store_false", help="mark as normally trained")
+                        help="mark as adversarially trained (default when the threat model is Linf or L2)")
+    robust.add_argument("--normal", dest="robust", action="store_false",
+                        help="mark as not adversarially trained (normally trained, or corruption-robust)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--input-shape", help="CxHxW of the dummy input for the forward pass (default from the dataset)")
-    p.add_argument("--architecture", help="human-readable architecture name to record (e.g. WideResNet-28-10)")
+    p.add_argument("--architecture", help="human-readable architecture name to record (e.g. WideResNet-28-10; "
+                                          "default for robustbench:... from the leaderboard metadata)")
     p.add_argument("--clean-acc", type=float, help="clean accuracy in percent, to record")
     p.add_argument("--robust-acc", type=float, help="robust accuracy in percent, to record")
     p.add_argument("--eps", type=float, help="threat-model epsilon, to record")
@@ -50,23 +60,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def leaderboard_fields(arch: str | None) -> dict:
+    """What the RobustBench leaderboard says of a ``robustbench:<dataset>:<threat_model>:<name>`` spec ({} else)."""
+    from pipeline.zoo.leaderboard import entry_spec, leaderboard_info, robustbench_key
+
+    key = robustbench_key(arch)
+    if key is None:
+        return {}
+    meta = leaderboard_info().get(key)
+    if meta is None:
+        log.warning("%s: no leaderboard metadata (architecture and accuracies unknown): pass --architecture, or "
+                    "run `filterlens zoo refresh` when online", arch)
+    return entry_spec(*key, meta or {})
+
+
 def request_from_args(args: argparse.Namespace) -> ModelRequest:
-    dataset, threat_model = args.dataset, args.threat_model
-    if args.arch and args.arch.startswith("robustbench:"):
-        parts = args.arch.split(":")
-        if len(parts) == 4:
-            dataset = dataset or parts[1]
-            threat_model = threat_model or parts[2]
-    threat_model = threat_model or "none"
-    robust = args.robust if args.robust is not None else threat_model != "none"
-    if robust and threat_model == "none":
-        raise ConfigError("--robust needs --threat-model Linf, L2 or corruptions")
+    """The request; a robustbench spec fills in what the user did not give from the leaderboard metadata.
+
+    Its architecture name always; its accuracies, eps, extra data, paper and venue only while
+    the model is recorded as that entry (same threat model and robust flag). ``robust`` means
+    adversarially trained: it defaults to a Linf or L2 threat model and is refused for others.
+    """
+    known = leaderboard_fields(args.arch)
+    threat_model = args.threat_model or ("none" if args.robust is False else known.get("threat_model")) or "none"
+    robust = args.robust if args.robust is not None else threat_model in ADVERSARIAL_THREAT_MODELS
+    if robust and threat_model not in ADVERSARIAL_THREAT_MODELS:
+        raise ConfigError(f"--robust means adversarially trained: it needs --threat-model Linf or L2, not "
+                          f"{threat_model} (a corruption-robust model keeps --threat-model corruptions and "
+                          "robust = false; `filterlens stats --include-corruptions` pools it)")
+    same_entry = bool(known) and (known["threat_model"], known["robust"]) == (threat_model, robust)
+    given = {"architecture": args.architecture, "clean_acc": args.clean_acc, "robust_acc": args.robust_acc,
+             "eps": args.eps, "paper": args.paper, "extra_data": None, "venue": None}
+    fill = [k for k, v in given.items() if v is None and (same_entry or k == "architecture")]
+    recorded = {**given, **{k: known.get(k) for k in fill}}
+    filled = sorted(k for k in fill if recorded[k] is not None)
     model_id = args.model_id or Path(args.checkpoint[0]).stem
     return ModelRequest(
-        model_id=model_id, checkpoints=args.checkpoint, arch=args.arch, dataset=dataset or "unknown",
-        threat_model=threat_model, robust=robust, input_shape=parse_input_shape(args.input_shape),
-        architecture=args.architecture, clean_acc=args.clean_acc, robust_acc=args.robust_acc, eps=args.eps,
-        paper=args.paper,
+        model_id=model_id, checkpoints=args.checkpoint, arch=args.arch,
+        dataset=args.dataset or known.get("dataset") or "unknown", threat_model=threat_model, robust=robust,
+        input_shape=parse_input_shape(args.input_shape), **recorded,
+        metadata={"leaderboard": "robustbench/" + "/".join(args.arch.split(":")[1:]), "from_leaderboard": filled}
+        if filled else {},
     )
 
 

@@ -19,17 +19,23 @@ embedded), figures/*.png and every table as tables/*.parquet and tables/*.csv.
   depth profile     sparsity, variance entropy, orthogonality per model and depth bucket
                     (first conv alone, deciles of conv_depth_norm); robust vs normal per dataset
   pairing           robust models with normal models of the same architecture and dataset
-                    (or --pairs CSV with columns Robust, Normal[, Arch, Dataset]); unpaired listed
+                    (or --pairs CSV with columns Robust, Normal[, Arch, Dataset], or --pairs paper:
+                    the paper's pairings, shipped with filterlens); unpaired listed
   PCA basis         from the per-layer sufficient statistics; all / robust / normal
   distribution shift  symmetric KL of 70-bin coefficient histograms, weighted by explained variance,
                     per dataset, overall and per bucket (two parallel scans of the filters)
   correlations      each metric vs clean / robust accuracy across robust models
   galleries         first-layer filters of paired models (or --gallery MODEL_ID ...)
 
+Pools: robust = adversarially trained (threat models Linf, L2); normal = the rest.
+Corruption-robust models (threat_model corruptions) are in neither pool unless
+--include-corruptions or --threat-models corruptions brings them into the robust one.
+
 Examples:
   filterlens stats ds/ --out report/
   filterlens stats ds/ --out report/ --datasets cifar10 cifar100 --threat-models Linf
   filterlens stats ds/ --out report/ --where "extra_data IS NOT TRUE" --pairs pairings.csv
+  filterlens stats ds/ --out report/ --datasets cifar10 --pairs paper
 """
 
 
@@ -44,9 +50,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--where", help="SQL predicate on the models table, e.g. \"architecture LIKE 'WideResNet%%'\"")
     p.add_argument("--datasets", nargs="+", default=[], metavar="D", help="training datasets to keep")
     p.add_argument("--threat-models", nargs="+", default=[], metavar="T",
-                   help="threat models of the robust models to keep (normal models are kept; drop them with --where)")
-    p.add_argument("--pairs", metavar="CSV", help="robust/normal pairs (columns Robust, Normal[, Arch, Dataset]) "
-                                                  "instead of pairing by architecture and dataset")
+                   help="threat models of the robust models to keep: Linf, L2, corruptions (normal models are "
+                        "kept; drop them with --where)")
+    p.add_argument("--include-corruptions", action="store_true", default=STATS.include_corruptions,
+                   help="pool corruption-robust models (threat_model corruptions) with the robust ones "
+                        "(default: left out of both pools)")
+    p.add_argument("--pairs", metavar="CSV|paper",
+                   help="robust/normal pairs (columns Robust, Normal[, Arch, Dataset]) instead of pairing by "
+                        "architecture and dataset; 'paper': the paper's 71 pairings, shipped with filterlens")
     p.add_argument("--kl-groups", choices=("pairs", "all"), default=STATS.kl_groups,
                    help="distribution shift between the paired models, each counted once per pair (the paper, "
                         "default), or between all robust and all normal models")
@@ -73,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.stats.run import run_stats, summary_text
 
     options = StatsOptions(where=args.where, datasets=args.datasets, threat_models=args.threat_models,
-                           pairs_csv=args.pairs, kl_groups=args.kl_groups,
+                           include_corruptions=args.include_corruptions, pairs_csv=args.pairs, kl_groups=args.kl_groups,
                            coef_range=tuple(args.coef_range) if args.coef_range else None, gallery=args.gallery,
                            gallery_pairs=args.gallery_pairs, alpha=args.alpha, min_models=args.min_models,
                            permutations=args.permutations, threads=args.threads, figures=not args.no_figures,

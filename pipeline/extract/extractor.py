@@ -26,6 +26,7 @@ from pipeline.checkpoints.load import (
     LoadedCheckpoint,
     load_checkpoint,
     state_dict_convs,
+    suspected_transposed,
 )
 from pipeline.checkpoints.trace import bind_and_trace
 from pipeline.dataset.layout import filters_write_schema, slugify
@@ -89,6 +90,7 @@ def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch
         return OrderedConvs(loaded.onnx_convs, "onnx_graph", loaded.onnx_n_params, None, None, None)
     if not request.arch:
         convs, n_params = state_dict_convs(loaded.state_dicts)
+        _warn_transposed(request.model_id, convs)
         return OrderedConvs(convs, "state_dict", n_params, None, None, None)
     spec: ArchSpec = parse_arch_spec(request.arch)
     num_classes = _num_classes(loaded.state_dicts) if spec.kind in ("timm", "torchvision") else None
@@ -97,6 +99,15 @@ def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch
     traced = bound.traced
     return OrderedConvs(traced.convs, "forward", traced.n_params, traced.n_params_unused, bound.input_shape,
                         bound.report)
+
+
+def _warn_transposed(model_id: str, convs: list[ConvWeight]) -> None:
+    """One warning per model when state-dict convs look transposed: without --arch they count as Conv2d."""
+    names = suspected_transposed(convs)
+    if names:
+        log.warning("%s: %d 4-D weights look like transposed/up-sampling convs (%s); without --arch their "
+                    "shapes cannot tell them from Conv2d, so they are kept as ordinary convs; pass --arch to "
+                    "keep only nn.Conv2d", model_id, len(names), ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
 
 
 def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight: torch.Tensor,

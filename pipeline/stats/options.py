@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.errors import ConfigError
+from pipeline.zoo.spec import THREAT_MODELS
 
 
 @dataclass
@@ -17,6 +18,7 @@ class StatsOptions:
     where: str | None = None
     datasets: list[str] = field(default_factory=list)
     threat_models: list[str] = field(default_factory=list)
+    include_corruptions: bool = False
     pairs_csv: str | None = None
     kl_groups: str = "pairs"
     coef_range: tuple[float, float] | None = None
@@ -31,7 +33,22 @@ class StatsOptions:
     figures: bool = True
     engine: str = "auto"
 
+    @property
+    def corruptions_included(self) -> bool:
+        """Corruption-robust models join the robust pool (--include-corruptions or --threat-models corruptions)."""
+        return self.include_corruptions or "corruptions" in self.threat_models
+
+    def robust_threat_models(self) -> list[str]:
+        """The threat models the robust pool is limited to ([]: no limit beyond leaving corruptions out)."""
+        if self.threat_models and self.include_corruptions and "corruptions" not in self.threat_models:
+            return [*self.threat_models, "corruptions"]
+        return list(self.threat_models)
+
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.threat_models) - set(THREAT_MODELS))
+        if unknown:
+            raise ConfigError(f"--threat-models {' '.join(unknown)}: not a threat model (one of "
+                              f"{', '.join(THREAT_MODELS)})")
         if self.engine not in ("auto", "numba", "duckdb"):
             raise ConfigError(f"--engine must be auto, numba or duckdb, not {self.engine!r}")
         from pipeline.stats.shift import numba_available  # numpy, pyarrow: not at CLI start-up

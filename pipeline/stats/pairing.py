@@ -2,18 +2,23 @@
 
 Every robust model is paired with every normal model of the same architecture
 (compared case- and whitespace-insensitively) and training dataset; a pairs table
-(columns Robust, Normal[, Arch, Dataset], like the paper's) replaces that. Models
-without a partner, and table rows naming models that are not selected, are listed
-with the reason, never dropped silently.
+(columns Robust, Normal[, Arch, Dataset], like the paper's; ``paper`` is the paper's own,
+shipped with the package) replaces that. Models without a partner, and table rows naming
+models that are not selected, are listed with the reason, never dropped silently.
 """
 
 from __future__ import annotations
 
+import io
 import re
 
 import pandas as pd
 
 from pipeline.errors import ConfigError
+from pipeline.zoo.leaderboard import PAPER_PAIRS, data_file
+
+PAPER = "paper"
+"""``--pairs paper``: the paper's 71 pairings (Gavrikov & Keuper 2022, CC BY-SA 4.0), shipped as package data."""
 
 PAIR_COLUMNS = ["robust_model_id", "normal_model_id", "architecture", "dataset", "source"]
 UNPAIRED_COLUMNS = ["model_id", "robust", "architecture", "dataset", "reason"]
@@ -59,9 +64,10 @@ def auto_pairs(models: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def read_pairs_table(path: str) -> pd.DataFrame:
-    """A pairs CSV with columns Robust, Normal (Arch, Dataset optional; an unnamed index column is ignored)."""
+    """A pairs CSV with columns Robust, Normal (Arch, Dataset optional; an unnamed index column is ignored);
+    ``paper`` reads the paper's pairings shipped with the package (``./paper`` for a file of that name)."""
     try:
-        table = pd.read_csv(path)
+        table = pd.read_csv(io.StringIO(data_file(PAPER_PAIRS).read_text()) if path == PAPER else path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"--pairs {path}: cannot read it as CSV ({exc})") from None
     table = table.loc[:, [c for c in table.columns if not str(c).startswith("Unnamed")]]

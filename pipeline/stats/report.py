@@ -25,7 +25,9 @@ from pipeline.stats.figures import (
     variance_figure,
 )
 from pipeline.stats.options import StatsOptions
+from pipeline.stats.pairing import PAPER
 from pipeline.stats.result import StatsResult
+from pipeline.stats.selection import describe_pools, pooled_threat_models
 
 
 def write_tables(result: StatsResult, out_dir: str) -> None:
@@ -123,7 +125,9 @@ def _selection_sections(result: StatsResult, root: str) -> list[Section]:
     models = result.tables["models"]
     selection = Section("Selection", paragraphs=[
         f"Dataset {root}; selection: {result.selection}; {len(models)} models "
-        f"({int(models.robust.sum())} robust, {int((~models.robust).sum())} normal). Depth buckets: the first conv "
+        f"({int(models.robust.sum())} robust, {int((~models.robust).sum())} normal). Threat models pooled: "
+        f"{describe_pools(pooled_threat_models(models))} (robust: adversarially trained; corruption-robust "
+        "models only when brought in). Depth buckets: the first conv "
         "layer alone (0), then deciles of conv_depth_norm. Only 3x3 layers without NaN/Inf weights carry metrics."],
         bullets=result.notes, tables=[("Models per training dataset", _counts(models))])
     return [selection, Section("Findings", bullets=[f.text for f in result.findings])]
@@ -152,11 +156,17 @@ def _pairing_section(result: StatsResult, options: StatsOptions) -> Section:
     t = result.tables
     pairing = Section("Pairing", paragraphs=[
         f"{len(t['pairs'])} robust/normal pairs "
-        f"({'from ' + options.pairs_csv if options.pairs_csv else 'same architecture and training dataset'}); "
+        f"({_pairs_source(options)}); "
         f"{len(t['unpaired'])} models unpaired. Tables: tables/pairs.*, tables/unpaired.*, tables/pair_differences.*."])
     if not t["unpaired"].empty:
         pairing.tables.append(("Unpaired models", t["unpaired"].head(40)))
     return pairing
+
+
+def _pairs_source(options: StatsOptions) -> str:
+    if options.pairs_csv == PAPER:
+        return "from the paper's pairings, Gavrikov & Keuper 2022 (CC BY-SA 4.0)"
+    return f"from {options.pairs_csv}" if options.pairs_csv else "same architecture and training dataset"
 
 
 def _pca_section(result: StatsResult, out_dir: str, options: StatsOptions) -> Section:
@@ -241,7 +251,9 @@ def write_report(result: StatsResult, out_dir: str, root: str, options: StatsOpt
     title = "filterlens robustness statistics"
     with open(os.path.join(out_dir, "run.json"), "w") as f:
         json.dump({"dataset": root, "selection": result.selection, "filterlens": __version__,
-                   "models": len(result.tables["models"]), "coefficient_range": result.coefficient_range,
+                   "models": len(result.tables["models"]),
+                   "pooled_threat_models": pooled_threat_models(result.tables["models"]),
+                   "coefficient_range": result.coefficient_range,
                    "timings": result.timings, "notes": result.notes, "options": asdict(options)}, f, indent=2,
                   default=str)
     sections = build_sections(result, out_dir, root, options)

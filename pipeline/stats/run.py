@@ -52,7 +52,13 @@ from pipeline.stats.scan import (
     scan_engine,
     scan_targets,
 )
-from pipeline.stats.selection import describe_selection, select_models
+from pipeline.stats.selection import (
+    describe_pools,
+    describe_selection,
+    left_out_note,
+    pooled_threat_models,
+    select_models,
+)
 from pipeline.stats.shift import (
     N_BINS,
     bin_edges,
@@ -124,16 +130,14 @@ def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> S
     with open_dataset(root, threads=options.threads) as ds:
         models = select_models(ds, options)
         coverage = run_sql(ds, "layer_coverage")
-        notes = coverage_notes(coverage)
+        notes = [note for note in [left_out_note(ds, options)] if note] + coverage_notes(coverage)
         profile = run_sql(ds, "depth_profile")
         profile = profile[profile.n_layers > 0].reset_index(drop=True)
         profile["bucket"] = profile.depth_bucket.map(lambda b: BUCKET_LABELS[int(b)])
         whole = model_profile(profile)
         comparison = compare_robust_normal(profile, options.alpha, options.min_models)
-        if options.pairs_csv:
-            pairs, unpaired = table_pairs(models, read_pairs_table(options.pairs_csv))
-        else:
-            pairs, unpaired = auto_pairs(models)
+        pairs, unpaired = (table_pairs(models, read_pairs_table(options.pairs_csv)) if options.pairs_csv
+                           else auto_pairs(models))
         differences = pair_differences(pairs, profile)
         timings["layers"] = time.perf_counter() - started
 
@@ -180,6 +184,8 @@ def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> S
 
 def summary_text(result: StatsResult, out_dir: str) -> str:
     """What ``filterlens stats`` prints: the selection's size, where the report is, one line per finding."""
-    lines = [f"{len(result.tables['models'])} models; report: {out_dir}/report.md, {out_dir}/report.html"]
+    models = result.tables["models"]
+    lines = [f"{len(models)} models ({describe_pools(pooled_threat_models(models))}); report: {out_dir}/report.md, "
+             f"{out_dir}/report.html"]
     lines += [f"- {finding.text}" for finding in result.findings]
     return "\n".join(lines) + "\n"

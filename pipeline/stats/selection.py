@@ -1,4 +1,8 @@
-"""Choosing the models of a run: ``--where``, ``--datasets`` and ``--threat-models`` as DuckDB temp tables."""
+"""Choosing the models of a run: ``--where``, ``--datasets``, ``--threat-models`` and ``--include-corruptions``.
+
+The robust pool is the adversarially trained models (Linf, L2); corruption-robust models
+(threat_model corruptions) are in neither pool unless brought in, then in the robust one.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ def select_models(ds: FilterDataset, options: StatsOptions) -> pd.DataFrame:
     if len(statements) != 1:
         raise ConfigError(f"--where must be one predicate on the models table, not {where!r}")
     try:
-        ds.con.execute(text, {"datasets": list(options.datasets), "threat_models": list(options.threat_models)})
+        ds.con.execute(text, {"datasets": list(options.datasets), "threat_models": options.robust_threat_models(),
+                              "include_corruptions": options.corruptions_included})
     except duckdb.Error as exc:
         raise ConfigError(f"--where {where!r} is not a valid predicate on the models table: "
                           f"{str(exc).splitlines()[0]}") from None
@@ -36,7 +41,7 @@ def select_models(ds: FilterDataset, options: StatsOptions) -> pd.DataFrame:
         n_all = ds.con.execute("SELECT count(*) FROM models").fetchall()[0][0]
         raise EmptySelectionError(
             f"the selection ({describe_selection(options)}) matches none of the {n_all} models in {ds.root}; "
-            "check --where/--datasets/--threat-models against `filterlens sql DATASET 'SELECT dataset, "
+            "check --where/--datasets/--threat-models/--include-corruptions against `filterlens sql DATASET 'SELECT dataset, "
             "threat_model, robust, count(*) FROM models GROUP BY ALL'`")
     return models
 
@@ -49,5 +54,32 @@ def describe_selection(options: StatsOptions) -> str:
     if options.datasets:
         parts.append("datasets " + ", ".join(options.datasets))
     if options.threat_models:
-        parts.append("robust threat models " + ", ".join(options.threat_models))
-    return "; ".join(parts) or "all models"
+        parts.append("robust threat models " + ", ".join(options.robust_threat_models()))
+    text = "; ".join(parts) or "all models"
+    if options.corruptions_included:
+        return text + "; corruption-robust models (threat_model corruptions) in the robust pool"
+    return text + "; corruption-robust models (threat_model corruptions) left out"
+
+
+def pooled_threat_models(models: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Models per threat model in each pool, sorted: {"robust": {"L2": 2, "Linf": 7}, "normal": {"none": 6}}."""
+    return {side: {str(k): int(v) for k, v in sorted(models[mask].threat_model.value_counts().items())}
+            for side, mask in (("robust", models.robust.astype(bool)), ("normal", ~models.robust.astype(bool)))}
+
+
+def describe_pools(pools: dict[str, dict[str, int]]) -> str:
+    """``robust: L2 2, Linf 7; normal: none 6`` (threat models sorted; ``-`` for an empty pool)."""
+    return "; ".join(f"{side}: " + (", ".join(f"{k} {v}" for k, v in counts.items()) or "-")
+                     for side, counts in pools.items())
+
+
+def left_out_note(ds: FilterDataset, options: StatsOptions) -> str | None:
+    """Says how many corruption-robust models of the selected datasets the default left out (None: none)."""
+    if options.corruptions_included:
+        return None
+    n = ds.con.execute("SELECT count(*) FROM models WHERE threat_model = 'corruptions' AND (len($datasets) = 0 "
+                       "OR list_contains($datasets, dataset))", {"datasets": list(options.datasets)}).fetchall()[0][0]
+    if not n:
+        return None
+    return (f"{n} corruption-robust model(s) (threat_model corruptions) left out of both pools; "
+            "--include-corruptions or --threat-models corruptions brings them into the robust pool.")

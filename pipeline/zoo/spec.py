@@ -12,6 +12,10 @@ from pipeline.errors import ConfigError
 THREAT_MODELS = ("Linf", "L2", "corruptions", "none")
 """Values of ``models.threat_model``; ``none`` is a normally trained model."""
 
+ADVERSARIAL_THREAT_MODELS = ("Linf", "L2")
+"""The threat models of adversarial training: ``robust`` means trained for one of these. Corruption-robust
+models keep ``threat_model = corruptions`` with ``robust = false`` (stats leaves them out unless asked)."""
+
 
 def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
     """``3x32x32`` -> (3, 32, 32)."""
@@ -54,6 +58,9 @@ class ModelSpec:
             raise ConfigError("model_id must not be empty")
         if self.threat_model not in THREAT_MODELS:
             raise ConfigError(f"threat model {self.threat_model!r} is not one of {', '.join(THREAT_MODELS)}")
+        if self.robust and self.threat_model == "corruptions":
+            raise ConfigError(f"{self.model_id}: robust means adversarially trained (Linf, L2); a corruption-robust "
+                              "model keeps threat_model corruptions with robust false")
 
     def spec(self) -> ModelSpec:
         """Just the ModelSpec part (a copy, metadata included)."""

@@ -11,7 +11,7 @@ A zoo file::
         arch: robustbench:cifar10:Linf:Carmon2019Unlabeled   # optional architecture spec
         dataset: cifar10
         threat_model: Linf                   # Linf, L2, corruptions or none
-        robust: true                         # default: threat_model != none
+        robust: true                         # adversarially trained; default: threat_model is Linf or L2
         input_shape: 3x32x32                 # optional
         architecture: WideResNet-28-10       # free text, recorded
         clean_acc: 89.7                      # percent, recorded
@@ -37,7 +37,14 @@ from pathlib import Path
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.zoo.spec import SPEC_FIELDS, THREAT_MODELS, ModelRequest, ModelSpec, parse_input_shape
+from pipeline.zoo.spec import (
+    ADVERSARIAL_THREAT_MODELS,
+    SPEC_FIELDS,
+    THREAT_MODELS,
+    ModelRequest,
+    ModelSpec,
+    parse_input_shape,
+)
 
 ENTRY_KEYS = ("id", "source", "sha256", *[k for k in SPEC_FIELDS if k != "model_id"])
 """The keys of one zoo-file entry, in the order they are written: ``id`` is the ModelSpec's model_id."""
@@ -97,9 +104,12 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
     threat_model = str(raw.get("threat_model", "none"))
     if threat_model not in THREAT_MODELS:
         raise ConfigError(f"{where} ({raw['id']}): threat_model {threat_model!r} is not one of {THREAT_MODELS}")
-    robust = raw.get("robust", threat_model != "none")
+    robust = raw.get("robust", threat_model in ADVERSARIAL_THREAT_MODELS)
     if not isinstance(robust, bool):
         raise ConfigError(f"{where} ({raw['id']}): robust must be true or false")
+    if robust and threat_model == "corruptions":
+        raise ConfigError(f"{where} ({raw['id']}): robust: true means adversarially trained (Linf, L2); a "
+                          "corruption-robust model keeps threat_model: corruptions with robust: false")
     metadata = raw.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ConfigError(f"{where} ({raw['id']}): metadata must be a mapping")
