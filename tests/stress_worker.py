@@ -1,6 +1,7 @@
 """A writer or reader process for the concurrency stress test (tests/test_concurrency.py); not a test itself.
 
     python stress_worker.py write ROOT LOG CHECKPOINT SEED MODELS...   re-extract MODELS (--force) in a loop
+    python stress_worker.py build ROOT LOG CHECKPOINT SEED MODELS...   rebuild a zoo of MODELS (build --force) in a loop
     python stress_worker.py read ROOT LOG SEED                          open, hold, check a snapshot in a loop
 
 Both run until killed. A writer appends one line to LOG after each finished step
@@ -77,10 +78,33 @@ def read(root: str, log: str, seed: int) -> int:
         log_line(log, f"ok {row['models']}")
 
 
+def build(root: str, log: str, checkpoint: str, seed: int, models: list[str]) -> None:
+    """``filterlens build --force`` (local backend) of a zoo holding a shuffled half of MODELS, in a loop."""
+    import os
+
+    import yaml
+
+    from pipeline.build.zoo_build import build_zoo
+
+    rng = random.Random(seed)
+    zoo = f"{log}.zoo.yaml"
+    while True:
+        chosen = rng.sample(models, max(1, len(models) // 2))
+        entries = [{"id": m, "source": checkpoint, "arch": "zoo_fixtures:tiny_net", "dataset": "cifar10",
+                    "threat_model": "Linf" if m.endswith(("1", "3")) else "none"} for m in chosen]
+        with open(zoo + ".tmp", "w") as fh:
+            yaml.safe_dump({"models": entries}, fh)
+        os.replace(zoo + ".tmp", zoo)
+        summary = build_zoo(zoo, root, backend="local", force=True, progress=False, keep_checkpoints=True,
+                            cache_dir=f"{log}.cache", command="stress build")
+        for model_id in chosen[:summary.done]:
+            log_line(log, f"model {model_id}")
+
+
 def main(argv: list[str]) -> int:
     kind, root, log = argv[:3]
-    if kind == "write":
-        write(root, log, argv[3], int(argv[4]), argv[5:])
+    if kind in ("write", "build"):
+        (write if kind == "write" else build)(root, log, argv[3], int(argv[4]), argv[5:])
         return 0
     return read(root, log, int(argv[3]))
 

@@ -1,7 +1,8 @@
 """Many writers and readers on one dataset root, with SIGKILLs at random moments, on local disk and on S3 (moto).
 
-Real processes (tests/stress_worker.py): three writers re-extract overlapping models
-(`--force`) and add build records; two readers open snapshots, hold them while the
+Real processes (tests/stress_worker.py): three writers — one rebuilding a zoo with
+`build --force`, two re-extracting (`extract --force`) — on overlapping models, adding
+build records; two readers open snapshots, hold them while the
 writers commit, and check that each is consistent. The parent kills and restarts
 writers at random. Afterwards: no reader ever failed, every model is there exactly
 once with all its files, no build record is lost, and vacuum leaves exactly the
@@ -61,7 +62,8 @@ def run_stress(root: str, tmp_path: Path, seconds: float, seed: int, min_kills: 
     extract_all(root, checkpoint, force=False)  # readers start on a complete dataset
     writer_logs = [tmp_path / f"writer{i}.log" for i in range(3)]
     reader_logs = [tmp_path / f"reader{i}.log" for i in range(2)]
-    writers = [start(["write", root, str(log), str(checkpoint), str(100 + i), *MODELS], log)
+    kinds = ["build", "write", "write"]  # one `filterlens build --force` loop, two `extract --force` loops
+    writers = [start([kinds[i], root, str(log), str(checkpoint), str(100 + i), *MODELS], log)
                for i, log in enumerate(writer_logs)]
     readers = [start(["read", root, str(log), str(200 + i)], log) for i, log in enumerate(reader_logs)]
     kills = 0
@@ -84,7 +86,7 @@ def run_stress(root: str, tmp_path: Path, seconds: float, seed: int, min_kills: 
             writers[i].wait()
             kills += 1
             seen[i] = lines
-            writers[i] = start(["write", root, str(writer_logs[i]), str(checkpoint), str(300 + kills), *MODELS],
+            writers[i] = start([kinds[i], root, str(writer_logs[i]), str(checkpoint), str(300 + kills), *MODELS],
                                writer_logs[i])
         readers_alive = [r.poll() is None for r in readers]
     finally:
