@@ -130,10 +130,11 @@ def _torch_load(path: Path, fmt: str) -> object:
                 "the file must hold tensors only - re-save it with torch.save(model.state_dict())"
             ) from None
         raise CorruptCheckpointError(f"{path}: the pickle is damaged ({text.splitlines()[0] if text else exc})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, struct.error, KeyError, IndexError,
+            TypeError, AttributeError, OverflowError, MemoryError) as exc:  # what damaged pickles raise (fuzzed)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CorruptCheckpointError(
-            f"{path}: truncated or damaged {fmt} checkpoint ({first}); download it again"
+            f"{path}: truncated or damaged {fmt} checkpoint ({type(exc).__name__}: {first[:120]}); download it again"
         ) from None
 
 

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.checkpoints.arch_spec import parse_arch_spec
+from pipeline.errors import ConfigError, UnknownArchitectureError
 from pipeline.zoo.spec import (
     ADVERSARIAL_THREAT_MODELS,
     SPEC_FIELDS,
@@ -77,12 +78,41 @@ def parse_number(value: object, key: str, where: str) -> float | None:
         num, _, den = value.partition("/")
         try:
             return float(num) / float(den)
-        except ValueError:
+        except (ValueError, ZeroDivisionError):
             pass
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{where}: {key} must be a number, got {value!r}") from None
+        raise ConfigError(f"{where}: {key} must be a number, got {value!r:.40}") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r:.40}")
+    return number
+
+
+TEXT_KEYS = ("arch", "dataset", "threat_model", "architecture", "paper", "venue")
+"""Entry keys whose value must be text (a YAML string)."""
+
+
+def _check_types(raw: dict, where: str) -> None:
+    """Refuse values of the wrong YAML type with one line (``architecture: [1, 2]``, ``extra_data: "yes"``)."""
+    if not isinstance(raw["id"], str | int) or isinstance(raw["id"], bool):
+        raise ConfigError(f"{where}: id must be text, got a YAML {type(raw['id']).__name__}")
+    source = raw.get("source")
+    if source is not None and not (isinstance(source, str) or (
+            isinstance(source, list) and source and all(isinstance(x, str) for x in source))):
+        raise ConfigError(f"{where}: source must be a path/URI or a list of them, got {type(source).__name__}")
+    for key in TEXT_KEYS:
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key} must be text, got a YAML {type(raw[key]).__name__}")
+    if raw.get("extra_data") is not None and not isinstance(raw["extra_data"], bool):
+        raise ConfigError(f"{where}: extra_data must be true or false, got {raw['extra_data']!r:.40}")
+    if raw.get("arch"):
+        try:
+            parse_arch_spec(raw["arch"])
+        except UnknownArchitectureError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
@@ -94,6 +124,8 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; allowed: {sorted(ENTRY_KEYS)}")
     if not raw.get("id"):
         raise ConfigError(f"{where}: missing 'id'")
+    named = f"{where} ({raw['id']})"
+    _check_types(raw, named)
     source = raw.get("source")
     if not source:
         raise ConfigError(f"{where} ({raw['id']}): missing 'source'")
@@ -125,9 +157,9 @@ def parse_entry(raw: dict, base_dir: Path | None, where: str) -> ZooEntry:
         model_id=str(raw["id"]), sources=sources, sha256=sha256.lower() if sha256 else None, arch=raw.get("arch"),
         dataset=str(raw.get("dataset", "unknown")), threat_model=threat_model, robust=robust,
         input_shape=parse_input_shape(str(input_shape)) if input_shape else None, architecture=raw.get("architecture"),
-        clean_acc=parse_number(raw.get("clean_acc"), "clean_acc", where),
-        robust_acc=parse_number(raw.get("robust_acc"), "robust_acc", where),
-        eps=parse_number(raw.get("eps"), "eps", where), extra_data=raw.get("extra_data"),
+        clean_acc=parse_number(raw.get("clean_acc"), "clean_acc", named),
+        robust_acc=parse_number(raw.get("robust_acc"), "robust_acc", named),
+        eps=parse_number(raw.get("eps"), "eps", named), extra_data=raw.get("extra_data"),
         paper=raw.get("paper"), venue=raw.get("venue"), metadata=metadata,
     )
 
@@ -139,11 +171,14 @@ def load_zoo_file(path: str | os.PathLike) -> list[ZooEntry]:
         raise ConfigError(f"{path}: no such zoo file")
     try:
         doc = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid YAML text ({first[:160]})") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), list):
         raise ConfigError(f"{path}: expected a mapping with a 'models' list")
     defaults = doc.get("defaults") or {}
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: defaults must be a mapping of entry keys, got a YAML {type(defaults).__name__}")
     entries = [parse_entry({**defaults, **raw} if isinstance(raw, dict) else raw, path.parent.resolve(),
                            f"{path}: models[{i}]") for i, raw in enumerate(doc["models"])]
     seen: set[str] = set()
