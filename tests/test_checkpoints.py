@@ -237,13 +237,16 @@ def test_empty_file_is_corrupt(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("content", "hint"), [
     (b"<!DOCTYPE html><html><body>Google Drive quota exceeded</body></html>", "HTML page"),
-    (b"\x00\x11random bytes that are no checkpoint at all", "first bytes"),
+    (b"\x00\x11random bytes that are no checkpoint at all", "not a zip, pickle, safetensors or ONNX header"),
+    (b"secret-token-1234 in a text file", "not a zip, pickle, safetensors or ONNX header"),
 ])
 def test_not_a_checkpoint(tmp_path: Path, content: bytes, hint: str) -> None:
     path = tmp_path / "download.pt"
     path.write_bytes(content)
-    with pytest.raises(NotACheckpointError, match=hint):
+    with pytest.raises(NotACheckpointError, match=hint) as caught:
         load_checkpoint(path)
+    message = str(caught.value).split(f"{path}: ", 1)[1]
+    assert content[:6].decode("latin-1") not in message  # the file's bytes are never quoted
 
 
 def test_corrupt_onnx(tmp_path: Path) -> None:

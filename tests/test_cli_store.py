@@ -93,7 +93,7 @@ def test_changed_checkpoint_replaces_the_model(dataset_with_good_model: Path, tm
 
 @pytest.mark.parametrize(("make_bad", "args", "message"), [
     (lambda p: p, [], "no such checkpoint file"),
-    (lambda p: p.write_bytes(b"<html>quota exceeded</html>") and p, [], "not a PyTorch, safetensors or ONNX"),
+    (lambda p: p.write_bytes(b"<html>quota exceeded</html>") and p, [], "not a checkpoint"),
     (lambda p: (tiny_checkpoint(p), p.write_bytes(p.read_bytes()[:700]))[0], [], "truncated or damaged"),
     (lambda p: save({"fc.weight": torch.randn(3, 3)}, p), [], "no 4D convolution weights"),
     (lambda p: save({"x": torch.nn.Conv2d(1, 1, 3)}, p), [], "refusing to unpickle"),
@@ -330,3 +330,15 @@ def test_help_teaches(cli) -> None:  # noqa: ANN001
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("filterlens ")
+
+
+def test_a_root_with_only_a_failure_is_queryable(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    bad = tmp_path / "secret.pt"
+    bad.write_bytes(b"api-key-0123456789")
+    root = tmp_path / "new"
+    assert cli("extract", bad, "--out", root, "--model-id", "m").code == 3
+    result = cli("sql", root, "SELECT model_id, error_class FROM failures", "--format", "csv")
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == ['"model_id","error_class"', '"m","NotACheckpointError"']
+    message = cli("sql", root, "SELECT message FROM failures", "--format", "json").out
+    assert "api-key" not in message and "not a checkpoint" in message

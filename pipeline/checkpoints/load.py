@@ -69,6 +69,8 @@ class ConvWeight:
     has_bias: bool | None = None
     source_dtype: str | None = None
     """dtype in the checkpoint when the weight was cast on binding (else the weight's own)."""
+    member: int = 0
+    """0-based ensemble member the layer belongs to (0 for a single model)."""
 
 
 @dataclass
@@ -110,8 +112,8 @@ def detect_format(path: str | os.PathLike) -> str:
         hint = " (it looks like an HTML page: a failed or redirected download?)"
     elif lowered.startswith((b"{", b"[")):
         hint = " (it looks like JSON text)"
-    raise NotACheckpointError(
-        f"{path}: not a PyTorch, safetensors or ONNX checkpoint{hint}; first bytes {head[:8]!r}"
+    raise NotACheckpointError(  # never quote the bytes: the file may be anything (a key, /etc/shadow)
+        f"{path}: not a checkpoint: it starts with bytes that are not a zip, pickle, safetensors or ONNX header{hint}"
     )
 
 
@@ -320,8 +322,8 @@ BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 def state_dict_convs(state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> tuple[list[ConvWeight], int]:
     """Conv weights in state-dict order when no architecture is known, and the parameter count.
 
-    Ensemble members are prefixed ``members.<i>.``; BatchNorm running statistics
-    do not count as parameters.
+    Ensemble members are prefixed ``members.<i>.`` and numbered by the state dict they
+    came from (file, or list item); BatchNorm running statistics do not count as parameters.
     """
     convs: list[ConvWeight] = []
     n_params = 0
@@ -330,7 +332,7 @@ def state_dict_convs(state_dicts: Sequence[Mapping[str, torch.Tensor]]) -> tuple
         for key in conv_weight_keys(sd):
             name = key[: -len(".weight")] if key.endswith(".weight") else key
             bias_key = f"{name}.bias"
-            convs.append(ConvWeight(name=prefix + name, weight=sd[key], has_bias=bias_key in sd))
+            convs.append(ConvWeight(name=prefix + name, weight=sd[key], has_bias=bias_key in sd, member=i))
         n_params += sum(v.numel() for k, v in sd.items() if isinstance(v, torch.Tensor)
                         and v.is_floating_point() and not k.endswith(BUFFER_SUFFIXES))
     return convs, n_params
