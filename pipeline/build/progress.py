@@ -1,11 +1,10 @@
-"""A build's progress on stderr: a bar on a TTY, nothing when disabled."""
+"""A build's progress on stderr: a bar on a TTY, plain lines otherwise (pipeline/progress.py), nothing when disabled."""
 
 from __future__ import annotations
 
-import sys
 import time
 
-from tqdm import tqdm
+from pipeline.progress import progress_bar
 
 
 class BuildProgress:
@@ -16,8 +15,7 @@ class BuildProgress:
         self.bytes = 0
         self.filters = 0
         self.failed = 0
-        self.bar = tqdm(total=total, unit="model", desc="build", file=sys.stderr, disable=not enabled or None,
-                        dynamic_ncols=True)
+        self.bar = progress_bar(total, "build", "models", enabled)
 
     def add_bytes(self, n: int) -> None:
         self.bytes += n

@@ -30,10 +30,11 @@ exit codes: 0 all models done or skipped, 3 some model failed (0 with --allow-fa
 
 
 def add_zoo_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", action="append", dest="datasets", metavar="NAME",
-                   help="only models trained on this dataset (repeatable)")
-    p.add_argument("--threat-model", action="append", dest="threat_models", metavar="TM",
-                   help="only models of this threat model / leaderboard: Linf, L2, corruptions, none (repeatable)")
+    p.add_argument("--dataset", "--datasets", action="extend", nargs="+", dest="datasets", metavar="NAME",
+                   help="only models trained on these datasets (repeatable; same flags as stats)")
+    p.add_argument("--threat-model", "--threat-models", action="extend", nargs="+", dest="threat_models",
+                   metavar="TM", help="only models of these threat models / leaderboards: Linf, L2, corruptions, "
+                                      "none (repeatable; same flags as stats)")
     p.add_argument("--models", help="comma-separated model names or ids")
     p.add_argument("--limit", type=int, help="at most this many models")
     p.add_argument("--model-info", help="RobustBench model_info as a JSON-lines file or model_info/ directory "

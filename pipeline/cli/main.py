@@ -6,7 +6,7 @@ the heavy modules are imported inside each ``run``.
 
 Exit codes: 0 success; 1 internal error; 2 bad usage or configuration;
 3 a model failed (bad checkpoint, download, architecture); 4 dataset or storage
-error; 5 query error; 130 interrupted.
+error; 5 query error; 6 statistics error; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ examples:
   filterlens info dataset/
   filterlens sql dataset/ "SELECT model_id, avg(sparsity) FROM layers GROUP BY 1"
 
-exit codes: 0 ok, 1 internal error, 2 usage/config, 3 a model failed, 4 dataset/storage, 5 query, 130 interrupted
+exit codes: 0 ok, 1 internal error, 2 usage/config, 3 a model failed, 4 dataset/storage, 5 query,
+            6 statistics, 130 interrupted
 """
 
 

@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="dataset root (directory or URI)")
     p.add_argument("--out", "-o", required=True, metavar="REPORT_DIR", help="where the report and tables go")
     p.add_argument("--where", help="SQL predicate on the models table, e.g. \"architecture LIKE 'WideResNet%%'\"")
-    p.add_argument("--datasets", nargs="+", default=[], metavar="D", help="training datasets to keep")
-    p.add_argument("--threat-models", nargs="+", default=[], metavar="T",
+    p.add_argument("--datasets", "--dataset", nargs="+", action="extend", default=[], metavar="D",
+                   help="training datasets to keep (repeatable; same flags as build)")
+    p.add_argument("--threat-models", "--threat-model", nargs="+", action="extend", default=[], metavar="T",
                    help="threat models of the robust models to keep: Linf, L2, corruptions (normal models are "
                         "kept; drop them with --where)")
     p.add_argument("--include-corruptions", action="store_true", default=STATS.include_corruptions,

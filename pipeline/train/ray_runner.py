@@ -7,8 +7,8 @@ import logging
 import time
 
 import ray
-from tqdm import tqdm
 
+from pipeline.progress import progress_bar
 from pipeline.ray_cluster import connect, task_resources
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def train_on_ray(configs: list, address: str | None, progress: bool, on_done, tr
     log.info("training %d models as Ray tasks (%s per task)", len(configs), "1 GPU" if num_gpus else "1 CPU")
     pending = list(by_ref)
     last_progress = time.monotonic()
-    with tqdm(total=len(configs), desc="training", unit="model", disable=None if progress else True) as bar:
+    with progress_bar(len(configs), "training", "models", progress) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1, timeout=60)
             if not done:

@@ -15,10 +15,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from tqdm import tqdm
-
 from pipeline.atomic_write import write_bytes_atomic
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.progress import progress_bar
 from pipeline.train.config import TrainConfig
 from pipeline.train.run_one import TrainResult, train_one
 from pipeline.train.zoo_writer import read_zoo, reusable, write_zoo, zoo_entry
@@ -46,7 +45,7 @@ def _estimated_cost(config: TrainConfig) -> float:
 
 def _run_local(configs: list[TrainConfig], progress: bool,
                on_done: Callable[[TrainConfig, TrainResult | BaseException], None]) -> str:
-    with tqdm(total=len(configs), desc="training", unit="model", disable=None if progress else True) as bar:
+    with progress_bar(len(configs), "training", "models", progress) as bar:
         for config in configs:
             bar.set_postfix_str(config.model_id.rsplit("/", 1)[-1])
             try:
