@@ -126,6 +126,30 @@ class SizeMismatchError(DownloadError):
     """The bytes received do not add up to the size the server announced; the partial file was discarded."""
 
 
+# --- Google Drive answers (stage "download"; pipeline/fetch/gdrive.py) ------------------
+class DriveQuotaError(DownloadError):
+    """Google Drive refuses for now (its quota page, HTTP 429, a 403 rate limit); retrying later helps."""
+
+    transient = True
+
+    def __init__(self, message: str = "", attempts: int = 1, retry_after: float | None = None) -> None:
+        super().__init__(message, attempts)
+        self.retry_after = retry_after
+        """Seconds the server asked to wait (``Retry-After``), if it said."""
+
+
+class DrivePermissionError(RefusedDownloadError):
+    """Google Drive asks to sign in or request access: the file is not shared with anyone who has the link."""
+
+
+class DriveNotFoundError(SourceNotFoundError):
+    """Google Drive has no file with this id (HTTP 404, or it was deleted)."""
+
+
+class DrivePageError(RefusedDownloadError):
+    """Google Drive sent a page with no way to the file, or bytes that are not a checkpoint."""
+
+
 # --- dataset / store (stage "write") ---------------------------------------------------
 class StoreError(FilterlensError):
     """Reading or writing the dataset failed."""

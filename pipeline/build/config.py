@@ -43,6 +43,8 @@ class BuildConfig:
     rate_window_s: float = 30.0
     download_deadline_s: float = 3600.0
     """Wall-clock budget of one model's download, all files and attempts (0: none)."""
+    drive_downloads: int = 2
+    """Google Drive downloads in flight at once per process (0: no limit; not shared across Ray workers)."""
     stall_timeout_s: float = 300.0
     extract_timeout_s: float = 3600.0
     """Longest one model's extraction may take before it fails with ExtractionTimeoutError (0: no limit)."""
@@ -56,7 +58,7 @@ class BuildConfig:
         return FetchPolicy(retries=self.retries, read_timeout_s=self.timeout_s,
                            max_bytes=int(self.max_checkpoint_gb * 1e9) or None,
                            min_rate_bps=self.min_download_rate_kbs * 1e3, rate_window_s=self.rate_window_s,
-                           deadline_s=self.download_deadline_s or None)
+                           deadline_s=self.download_deadline_s or None, drive_downloads=self.drive_downloads)
 
 
 @dataclass

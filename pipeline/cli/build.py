@@ -75,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--download-deadline", type=float, default=BUILD.download_deadline_s, metavar="S",
                    help=f"fail a model whose download (all files, all attempts) takes longer (default "
                         f"{BUILD.download_deadline_s:g}; 0: none)")
+    p.add_argument("--drive-downloads", type=int, default=BUILD.drive_downloads, metavar="N",
+                   help=f"Google Drive downloads at once per process, to stay under Drive's quota (default "
+                        f"{BUILD.drive_downloads}; 0: no limit)")
     p.add_argument("--stall-timeout", type=float, default=BUILD.stall_timeout_s,
                    help=f"report when nothing finishes for this many seconds (default {BUILD.stall_timeout_s:g})")
     p.add_argument("--extract-timeout", type=float, default=BUILD.extract_timeout_s,
@@ -119,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "keep_checkpoints": args.keep_checkpoints, "retries": args.retries, "timeout_s": args.timeout,
         "max_checkpoint_gb": args.max_checkpoint_gb, "min_download_rate_kbs": args.min_download_rate,
         "rate_window_s": args.rate_window, "download_deadline_s": args.download_deadline,
+        "drive_downloads": args.drive_downloads,
         "stall_timeout_s": args.stall_timeout, "extract_timeout_s": args.extract_timeout,
         "trust_zoo_code": args.trust_zoo_code}.items() if v is not None}
     summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,

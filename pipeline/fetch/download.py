@@ -3,7 +3,8 @@
 * http(s): streamed, resumed with ``Range`` + ``If-Range`` only when the server
   gave a validator (``pipeline.fetch.http``), retried with exponential backoff
   and jitter on transient errors (timeouts, resets, 5xx, 429);
-* ``gdrive:<id>``: Google Drive's direct-download endpoint, as RobustBench uses;
+* ``gdrive:<id>``: Google Drive, through its confirm pages (``pipeline.fetch.gdrive``;
+  ``FILTERLENS_GDRIVE_ENDPOINT`` points it elsewhere), as RobustBench stores its models;
 * ``hf://<org>/<repo>[@revision]/<path>``: the Hugging Face Hub through its own cache;
 * ``s3://``, ``gs://``, ...: fsspec (``pipeline.fetch.remote``);
 * local paths and ``file://``: used in place (never copied, never deleted).
@@ -30,6 +31,7 @@ from urllib.parse import urlsplit
 from pipeline.dataset.layout import slugify
 from pipeline.digest import sha256_of_files
 from pipeline.errors import ChecksumMismatchError, SourceNotFoundError
+from pipeline.fetch.gdrive import fetch_gdrive, find_cached, start_url
 from pipeline.fetch.http import download_http, probe_http
 from pipeline.fetch.policy import FetchPolicy, TransferGuard
 from pipeline.fetch.remote import (
@@ -44,9 +46,6 @@ from pipeline.fetch.validators import changed, drop_record, location_id, read_re
 from pipeline.zoo.zoo_file import ZooEntry
 
 log = logging.getLogger(__name__)
-
-GDRIVE_URL = "https://drive.usercontent.google.com/download?id={id}&export=download&confirm=t"
-
 
 @dataclass
 class FetchedCheckpoint:
@@ -121,7 +120,7 @@ def resolve_remote(uri: str, mirror: str | None) -> str:
             return mirror.rstrip("/") + "/" + relative
         return str(Path(mirror) / relative)
     if uri.startswith("gdrive:"):
-        return GDRIVE_URL.format(id=uri[len("gdrive:"):])
+        return start_url(uri[len("gdrive:"):])
     return uri
 
 
@@ -177,6 +176,8 @@ def _fetch_remote(entry: ZooEntry, index: int, uri: str, cache_dir: Path, mirror
     if uri.startswith("hf://") and not mirror:
         local, record = from_hub(uri, *parse_hf_uri(uri), cache_dir, guard)
         return _Got(str(local), False, record)
+    if uri.startswith("gdrive:") and not mirror:
+        return _fetch_drive(entry, index, uri[len("gdrive:"):], target, cache_dir, policy, on_bytes, guard)
     name = Path(urlsplit(target).path).name or f"member-{index}"
     dest = cache_dir / slugify(entry.model_id) / f"{index}-{name}"
     if dest.is_file() and _cached_is_current(dest, target, check=not entry.sha256):
@@ -190,6 +191,17 @@ def _fetch_remote(entry: ZooEntry, index: int, uri: str, cache_dir: Path, mirror
         size, record = copy_file(Path(target), dest, guard)
     write_record(dest, record)
     return _Got(str(dest), True, record, size)
+
+
+def _fetch_drive(entry: ZooEntry, index: int, file_id: str, target: str, cache_dir: Path, policy: FetchPolicy,
+                 on_bytes: Callable[[int], None] | None, guard: TransferGuard) -> _Got:
+    """A Drive file into the cache, unless it is there (downloaded before, or saved by hand)."""
+    folder = cache_dir / slugify(entry.model_id)
+    cached = find_cached(folder, index, file_id)
+    if cached is not None and _cached_is_current(cached, target, check=not entry.sha256):
+        return _Got(str(cached), True, read_record(cached) or {"url": target, "size": cached.stat().st_size})
+    path, size, attempts, record = fetch_gdrive(file_id, target, folder, index, policy, on_bytes, guard)
+    return _Got(str(path), True, record, size, attempts)
 
 
 def fetch_entry(entry: ZooEntry, cache_dir: str | os.PathLike, mirror: str | None = None,

@@ -7,6 +7,12 @@ answer, a 206 with another ETag, start or total restarts from zero. The final
 size must equal the announced size. The ``TransferGuard`` enforces the size cap,
 the minimum rate and the deadline. A partial file is deleted on any failure or
 interrupt unless it can be resumed safely.
+
+Requests go through a *client* (``PlainClient``; Google Drive's in
+``pipeline.fetch.gdrive``): every attempt starts again at the source URL, so a
+redirect to a signed, short-lived URL (GitHub release assets, S3 presigned, the
+Hub's CDN) is followed afresh and never reused. ``Retry-After`` (429, 503, Drive's
+quota) lengthens the jittered backoff; ``host_slot`` caps downloads per host.
 """
 
 from __future__ import annotations
@@ -16,8 +22,11 @@ import os
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pipeline.errors import (
     CheckpointTooLargeError,
@@ -28,7 +37,7 @@ from pipeline.errors import (
     SizeMismatchError,
     SourceNotFoundError,
 )
-from pipeline.fetch.policy import FetchPolicy, TransferGuard
+from pipeline.fetch.policy import FetchPolicy, TransferGuard, host_slot
 from pipeline.fetch.validators import (
     drop_record,
     http_record,
@@ -40,12 +49,61 @@ from pipeline.fetch.validators import (
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 18
+MAX_RETRY_AFTER_S = 3600.0
+"""The longest ``Retry-After`` honoured (the deadline may end the wait sooner)."""
 FINAL = (SourceNotFoundError, RefusedDownloadError, CheckpointTooLargeError, DownloadDeadlineError)
 """Failures another attempt cannot fix (or must not try: the deadline is spent)."""
 
 
 class _Restart(ConnectionError):
     """The partial file does not belong to the file now served: discarded, the next attempt starts from zero."""
+
+
+class Busy(ConnectionError):
+    """HTTP 429 or 5xx: try again, not before ``retry_after`` seconds when the server said."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Client(Protocol):
+    """How one download's requests are made: ``open`` a response for these headers, ``check`` the finished part."""
+
+    host: str
+    limit: int
+    """Downloads from ``host`` in flight at once in this process (0: no limit)."""
+
+    def open(self, headers: dict[str, str], timeout: tuple[float, float]) -> Any: ...  # noqa: ANN401 - a Response
+
+    def check(self, part: Path) -> None: ...
+
+
+class PlainClient:
+    """GET the source URL itself on every attempt (redirects followed afresh)."""
+
+    def __init__(self, url: str, policy: FetchPolicy) -> None:
+        self.url, self.host, self.limit = url, urlsplit(url).netloc, policy.host_downloads
+
+    def open(self, headers: dict[str, str], timeout: tuple[float, float]) -> Any:  # noqa: ANN401 - a Response
+        import requests
+
+        return requests.get(self.url, stream=True, headers=headers, timeout=timeout)
+
+    def check(self, part: Path) -> None:
+        """Nothing beyond the size, which ``_attempt`` checks."""
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (seconds or an HTTP date); None when absent or unreadable."""
+    value = (headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def part_of(dest: Path) -> Path:
@@ -65,47 +123,37 @@ def resumable(part: Path, url: str) -> dict | None:
     return None
 
 
-def _sleep_backoff(attempt: int, policy: FetchPolicy, guard: TransferGuard) -> None:
+def _wait_before_retry(url: str, exc: Exception, attempt: int, policy: FetchPolicy, guard: TransferGuard) -> None:
+    """Jittered exponential backoff, or the server's ``Retry-After`` (plus up to 25 %) when longer.
+
+    A server that asks to wait past the deadline ends the retries now, with its own error.
+    """
     delay = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+    asked = getattr(exc, "retry_after", None)
+    if asked:
+        asked = min(float(asked), MAX_RETRY_AFTER_S)
+        delay = max(delay, asked * (1 + random.random() / 4))
     left = guard.remaining()
+    if asked and left is not None and asked > left:
+        raise _final_error(url, exc, attempt) from None
     time.sleep(delay if left is None else max(0.0, min(delay, left)))
 
 
 def download_http(url: str, dest: Path, policy: FetchPolicy, on_bytes: Callable[[int], None] | None = None,
-                  guard: TransferGuard | None = None) -> tuple[int, int, dict]:
-    """Download ``url`` to ``dest`` with safe resume and retries: (size, attempts, validators record)."""
-    import requests
-    import urllib3
+                  guard: TransferGuard | None = None, client: Client | None = None) -> tuple[int, int, dict]:
+    """Download ``url`` to ``dest`` with safe resume and retries: (size, attempts, validators record).
 
+    ``url`` names the file (the partial file's record keeps it); ``client`` makes
+    the requests (default: GET ``url``) and checks the finished part before it is
+    given its final name.
+    """
     part = part_of(dest)
     part.parent.mkdir(parents=True, exist_ok=True)
     guard = guard or TransferGuard(url, policy)
-    retryable = (FilterlensError, requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
-                 TimeoutError, OSError)
-    last_error: Exception | None = None
-    attempt = 0
+    client = client or PlainClient(url, policy)
     try:
-        for attempt in range(1, max(1, policy.retries) + 1):
-            try:
-                guard.check_deadline()
-            except DownloadDeadlineError as exc:
-                exc.attempts = max(1, attempt - 1)  # the attempts made, for the failures row
-                raise
-            try:
-                record = _attempt(url, part, policy, guard, on_bytes)
-                break
-            except FINAL as exc:
-                exc.attempts = attempt
-                raise
-            except retryable as exc:
-                last_error = exc
-                if isinstance(exc, (SizeMismatchError, _Restart)):
-                    discard(part)
-                log.info("%s: attempt %d/%d failed (%s: %s)", url, attempt, policy.retries, type(exc).__name__, exc)
-                if attempt < policy.retries:
-                    _sleep_backoff(attempt, policy, guard)
-        else:
-            raise _final_error(url, last_error, attempt)
+        record, attempt = _attempts(url, part, policy, guard, on_bytes, client)
+        client.check(part)
     except BaseException as exc:  # failures, KeyboardInterrupt: keep only a partial file that can be resumed safely
         if not (getattr(exc, "transient", True) and resumable(part, url)):
             discard(part)
@@ -118,6 +166,38 @@ def download_http(url: str, dest: Path, policy: FetchPolicy, on_bytes: Callable[
     return size, attempt, record
 
 
+def _attempts(url: str, part: Path, policy: FetchPolicy, guard: TransferGuard,
+              on_bytes: Callable[[int], None] | None, client: Client) -> tuple[dict, int]:
+    """Attempt until one succeeds, a final error, the deadline or the last retry: (validators record, attempts)."""
+    import requests
+    import urllib3
+
+    retryable = (FilterlensError, requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError,
+                 TimeoutError, OSError)
+    last_error: Exception | None = None
+    attempt = 0
+    for attempt in range(1, max(1, policy.retries) + 1):
+        try:
+            guard.check_deadline()
+        except DownloadDeadlineError as exc:
+            exc.attempts = max(1, attempt - 1)  # the attempts made, for the failures row
+            raise
+        try:
+            with host_slot(client.host, client.limit, guard):
+                return _attempt(url, part, policy, guard, on_bytes, client), attempt
+        except FINAL as exc:
+            exc.attempts = attempt
+            raise
+        except retryable as exc:
+            last_error = exc
+            if isinstance(exc, (SizeMismatchError, _Restart)):
+                discard(part)
+            log.info("%s: attempt %d/%d failed (%s: %s)", url, attempt, policy.retries, type(exc).__name__, exc)
+            if attempt < policy.retries:
+                _wait_before_retry(url, exc, attempt, policy, guard)
+    raise _final_error(url, last_error, attempt)
+
+
 def _final_error(url: str, exc: Exception | None, attempts: int) -> DownloadError:
     if isinstance(exc, DownloadError):  # stalled, size mismatch: keep the class
         exc.attempts = attempts
@@ -127,10 +207,8 @@ def _final_error(url: str, exc: Exception | None, attempts: int) -> DownloadErro
 
 
 def _attempt(url: str, part: Path, policy: FetchPolicy, guard: TransferGuard,
-             on_bytes: Callable[[int], None] | None) -> dict:
+             on_bytes: Callable[[int], None] | None, client: Client) -> dict:
     """One request: resume or start over, stream into ``part``; returns the validators record."""
-    import requests
-
     saved = resumable(part, url)
     if saved is None:
         discard(part)
@@ -139,7 +217,7 @@ def _attempt(url: str, part: Path, policy: FetchPolicy, guard: TransferGuard,
     if have:
         headers.update({"Range": f"bytes={have}-", "If-Range": if_range_value(saved)})
     timeout = (guard.timeout(policy.connect_timeout_s), guard.timeout(policy.read_timeout_s))
-    with requests.get(url, stream=True, headers=headers, timeout=timeout) as response:
+    with client.open(headers, timeout) as response:
         _check_status(url, response, bool(have))
         if response.status_code == 416:  # nothing left to send: the part is complete if the total agrees
             total = _content_range(response)[2]
@@ -206,7 +284,7 @@ def _check_status(url: str, response, resuming: bool) -> None:  # noqa: ANN001
     if status in (401, 403):
         raise RefusedDownloadError(f"{url}: HTTP {status} (access denied; quota or credentials)")
     if status == 429 or status >= 500:
-        raise ConnectionError(f"HTTP {status}")
+        raise Busy(f"HTTP {status}", retry_after(response.headers))
     if status not in (200, 206):
         raise DownloadError(f"{url}: unexpected HTTP {status}")
     if "text/html" in response.headers.get("Content-Type", ""):

@@ -1,13 +1,19 @@
 """How hard a download tries and what it may cost: ``FetchPolicy``, enforced per file by ``TransferGuard``.
 
-Standard library only (the build configuration builds a policy at start-up).
+``host_slot`` caps the downloads in flight per host within one process (Google
+Drive: ``drive_downloads``). The cap is not shared between processes: Ray
+download tasks on several workers or nodes each count on their own (a
+build-wide token service is a follow-up to issue 17). Standard library only
+(the build configuration builds a policy at start-up).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from pipeline.errors import (
@@ -34,6 +40,10 @@ class FetchPolicy:
     rate_window_s: float = 30.0
     deadline_s: float | None = 3600.0
     """Wall-clock budget of one model's download, all files and attempts together."""
+    drive_downloads: int = 2
+    """Google Drive downloads in flight at once in this process (0: no limit)."""
+    host_downloads: int = 0
+    """Downloads in flight at once from any other single host in this process (0: no limit)."""
 
 
 def _size(n: float) -> str:
@@ -112,3 +122,25 @@ class TransferGuard:
         if since <= now - window and self.received - at < minimum * window:
             raise StalledDownloadError(f"{self.what}: stalled: {_size(self.received - at)} in the last {window:g} s "
                                        f"(minimum {_size(minimum)}/s, --min-download-rate)")
+
+
+_SLOTS: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+@contextmanager
+def host_slot(host: str, limit: int, guard: TransferGuard) -> Iterator[None]:
+    """Hold one of ``limit`` download slots of ``host`` in this process (0: no limit), waiting until the deadline."""
+    if limit <= 0:
+        yield
+        return
+    with _SLOTS_LOCK:
+        slots = _SLOTS.setdefault((host, limit), threading.BoundedSemaphore(limit))
+    left = guard.remaining()
+    if not slots.acquire(timeout=None if left is None else max(0.0, left)):
+        raise DownloadDeadlineError(f"{guard.what}: no free download slot for {host} (at most {limit} at once) "
+                                    f"before the {guard.policy.deadline_s:g} s deadline (--download-deadline)")
+    try:
+        yield
+    finally:
+        slots.release()
