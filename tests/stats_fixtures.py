@@ -25,23 +25,32 @@ from pipeline.extract.metrics import layer_metrics, weight_statistics
 
 def write_model(store: DatasetStore, model_id: str, dataset: str, weights: list[np.ndarray], robust: bool,
                 architecture: str | None = "TinyNet", clean_acc: float | None = None,
-                robust_acc: float | None = None, threat_model: str | None = None) -> None:
-    """Commit one model whose conv layers (in execution order) have the given weights."""
+                robust_acc: float | None = None, threat_model: str | None = None,
+                members: list[int] | None = None, non_robust_members: tuple[int, ...] = ()) -> None:
+    """Commit one model whose conv layers (in execution order) have the given weights.
+
+    An ensemble gives each layer's member (``members``, in member order); depth is counted per member, and
+    ``non_robust_members`` get member_robust false (as extract marks MixedNUTS's accurate base model).
+    """
     slug = slugify(model_id)
     writer = ModelWriter(store, model_id, dataset)
     rows = []
-    n = len(weights)
-    for index, w in enumerate(weights):
+    members = members or [0] * len(weights)
+    sizes = {m: members.count(m) for m in members}
+    for position, (w, member) in enumerate(zip(weights, members, strict=True)):
         weight = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
         c_out, c_in, kh, kw = weight.shape
-        row = {"model_id": model_id, "dataset": dataset, "model": slug, "layer_name": f"conv{index}",
+        index, n = members[:position].count(member), sizes[member]
+        name = f"models.{member}.conv{index}" if len(sizes) > 1 else f"conv{index}"
+        row = {"model_id": model_id, "dataset": dataset, "model": slug, "member": member,
+               "member_robust": robust and member not in non_robust_members, "layer_name": name,
                "conv_index": index, "conv_depth_norm": index / (n - 1) if n > 1 else 0.0,
                "in_channels": c_in, "out_channels": c_out, "groups": 1, "kernel_h": kh, "kernel_w": kw,
                "n_filters": c_out * c_in, "weight_dtype": "float32"}
         if (kh, kw) == (3, 3):
             metrics, sparse = layer_metrics(weight)
             row.update(asdict(metrics))
-            writer.add_filters(filter_batch(model_id, dataset, slug, index, weight, sparse))
+            writer.add_filters(filter_batch(model_id, dataset, slug, index, weight, sparse, member))
         else:
             row["n_nonfinite"] = int((~torch.isfinite(weight)).sum())
             if not row["n_nonfinite"]:
@@ -53,8 +62,8 @@ def write_model(store: DatasetStore, model_id: str, dataset: str, weights: list[
         "checkpoint_sha256": f"{abs(hash(model_id)):064x}"[:64], "checkpoint_bytes": 1, "checkpoint_format": "torch-zip",
         "threat_model": threat_model or ("Linf" if robust else "none"), "robust": robust,
         "architecture": architecture, "clean_acc": clean_acc, "robust_acc": robust_acc,
-        "n_conv_layers": n, "n_conv3x3_layers": n3, "n_params": int(sum(w.size for w in weights)),
-        "n_ensemble_members": 1, "depth_source": "state_dict", "n_nonfinite_layers": 0, "device": "cpu",
+        "n_conv_layers": len(weights), "n_conv3x3_layers": n3, "n_params": int(sum(w.size for w in weights)),
+        "n_ensemble_members": len(sizes), "n_members": len(sizes), "depth_source": "state_dict", "n_nonfinite_layers": 0, "device": "cpu",
         "extract_seconds": 0.0})
 
 

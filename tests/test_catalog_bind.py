@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -172,6 +172,8 @@ class Outcome:
     error: str = ""
     n_convs: int = 0
     n_conv3x3: int = 0
+    members: dict[int, list[str]] = field(default_factory=dict)
+    """Ensembles: the traced conv names of each member."""
 
 
 def _trace(spec: ArchSpec, files: list[object], dataset: str, key: str) -> BoundModel:
@@ -205,6 +207,9 @@ def run_entry(entry: object, variant: int) -> list[Outcome]:
             _check(bound, model)
             outcome.n_convs = len(bound.traced.convs)
             outcome.n_conv3x3 = sum(tuple(c.weight.shape[2:]) == (3, 3) for c in bound.traced.convs)
+            if len(files) > 1:
+                for conv in bound.traced.convs:
+                    outcome.members.setdefault(conv.member, []).append(conv.name)
         except Exception as exc:  # noqa: BLE001 - recorded and asserted on below
             outcome.error = f"{type(exc).__name__}: {str(exc)[:300]}"
         outcomes.append(outcome)
@@ -246,3 +251,22 @@ def test_the_entries_without_3x3_convs_are_exactly_the_transformers_and_convnext
     assert {k for k, o in outcomes.items() if o.n_convs and not o.n_conv3x3} == WITHOUT_3X3
     assert outcomes["imagenet/Linf/Singh2023Revisiting_ConvNeXt-T-ConvStem"].n_conv3x3 == 2  # the ConvStem's
     assert outcomes["cifar10/Linf/Kang2021Stable"].n_conv3x3 == 1 + 2 * 33  # its WRN-70-16: stem, 33 blocks
+
+
+ENSEMBLE_MEMBERS = {  # the submodule every conv of each member lies in (robustbench.utils.load_model's binding)
+    "cifar10/Linf/Chen2020Adversarial": [f"branch{i}." for i in (1, 2, 3)],  # models[i] is branch<i+1>: its first name
+    **{f"{d}/Linf/Bai2024MixedNUTS": ["std_model.", "rob_model."] for d in ("cifar10", "cifar100", "imagenet")},
+    **{f"{d}/Linf/Bai2023Improving_{v}": ["comp_model.models.0.", "comp_model.models.1.", "comp_model.policy_net."]
+       for d, v in (("cifar10", "edm"), ("cifar100", "edm"), ("cifar100", "trades"))},
+    **{f"{d}/corruptions/Diffenderfer2021Winning_{v}_CARD_Deck": [f"models.{i}." for i in range(6)]
+       for d in ("cifar10", "cifar100") for v in ("LRR", "Binary")},
+}
+
+
+def test_every_ensemble_member_owns_the_convs_of_its_submodule(outcomes: dict[str, Outcome]) -> None:
+    assert {k for k, o in outcomes.items() if o.members} == set(ENSEMBLE_MEMBERS)
+    for key, prefixes in ENSEMBLE_MEMBERS.items():
+        members = outcomes[key].members
+        assert sorted(members) == list(range(len(prefixes))), key
+        for member, names in members.items():
+            assert all(n.startswith(prefixes[member]) for n in names), (key, member)

@@ -216,9 +216,9 @@ def test_ensemble_of_two_files_binds_each_member(tmp_path: Path) -> None:
     extract_model(ModelRequest("ens", checkpoints=[str(p) for p in paths], arch="zoo_fixtures:tiny_ensemble", dataset="cifar10"),
                   store, device="cpu", progress=False)
     with open_dataset(str(tmp_path / "ds")) as ds:
-        names = [r[0] for r in ds.sql("SELECT layer_name FROM layers ORDER BY conv_index").fetchall()]
+        names = [r[0] for r in ds.sql("SELECT layer_name FROM layers ORDER BY member, conv_index").fetchall()]
         members, = ds.sql("SELECT n_ensemble_members FROM models").fetchall()[0]
-        w = ds.sql("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters WHERE conv_index = 4 "
+        w = ds.sql("SELECT w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM filters WHERE member = 1 AND conv_index = 0 "
                    "AND out_channel = 2 AND in_channel = 1").fetchall()[0]
     assert members == 2
     assert names == [f"models.{i}.{n}" for i in range(2) for n in ("conv1", "depthwise", "conv3", "skip")]

@@ -142,6 +142,21 @@ def test_stage_holds_only_committed_models_and_is_a_deterministic_valid_dataset(
     assert [b["model_id"] for b in manifest["builds"]] == [m[0] for m in MODELS]
 
 
+def test_models_of_an_older_schema_version_are_refused_before_staging(dataset: Path, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from pipeline.errors import StoreError
+
+    store = DatasetStore(str(dataset))
+    row = store.model_row_path(slugify("zoo/cifar10/normal-a"))
+    table = pq.read_table(row)
+    index = table.schema.get_field_index("schema_version")
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array([1], pa.int32())), row)
+    with pytest.raises(StoreError, match="1 committed models were written under another schema version"):
+        stage(str(dataset), tmp_path / "out", REPO)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 def test_oversized_files_are_rechunked_exactly(dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "MAX_ROW_GROUP_BYTES", 1500)  # ~10 filters rows per group
     monkeypatch.setattr(limits, "MAX_FILE_BYTES", 3500)  # the filters files are ~4 KB

@@ -40,13 +40,17 @@ def reference_bucket(conv_index: int, n_conv: int) -> int:
 
 
 def read_all(root: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three tables; layers with their reference bucket (depth per ensemble member) and whether they count
+    (3x3, finite, and not a normally trained member of a robust model)."""
     models = pads.dataset(str(root / "models"), format="parquet").to_table().to_pandas()
     layers = pads.dataset(str(root / "layers"), format="parquet", partitioning=None).to_table().to_pandas()
     filters = pads.dataset(str(root / "filters"), format="parquet", partitioning=None).to_table().to_pandas()
-    n_conv = dict(zip(models.model_id, models.n_conv_layers, strict=True))
-    layers["bucket"] = [reference_bucket(c, n_conv[m]) for m, c in zip(layers.model_id, layers.conv_index,
-                                                                         strict=True)]
-    layers["usable"] = (layers.kernel_h == 3) & (layers.kernel_w == 3) & (layers.n_nonfinite == 0)
+    n_conv = layers.groupby(["model_id", "member"]).size().to_dict()
+    layers["bucket"] = [reference_bucket(c, n_conv[(m, k)]) for m, k, c in zip(
+        layers.model_id, layers.member, layers.conv_index, strict=True)]
+    robust = layers.model_id.map(dict(zip(models.model_id, models.robust, strict=True))).astype(bool)
+    layers["usable"] = ((layers.kernel_h == 3) & (layers.kernel_w == 3) & (layers.n_nonfinite == 0)
+                        & ~(robust & ~layers.member_robust.astype(bool)))
     return models, layers, filters
 
 
@@ -61,8 +65,8 @@ def reference_profile(layers: pd.DataFrame) -> pd.DataFrame:
 
 
 def usable_filters(layers: pd.DataFrame, filters: pd.DataFrame) -> pd.DataFrame:
-    keys = layers.loc[layers.usable, ["model_id", "conv_index", "bucket"]]
-    merged = filters.merge(keys, on=["model_id", "conv_index"])
+    keys = layers.loc[layers.usable, ["model_id", "member", "conv_index", "bucket"]]
+    merged = filters.merge(keys, on=["model_id", "member", "conv_index"])
     return merged[~merged["sparse"]].reset_index(drop=True)
 
 
@@ -527,3 +531,85 @@ def test_pairs_paper_uses_the_shipped_table(cli: object, tmp_path: Path) -> None
     assert pairs.values.tolist() == [[robust, normal, "PreActResNet-18", "cifar10", "table"]]
     assert "1 robust/normal pairs (from the paper's pairings, Gavrikov & Keuper 2022 (CC BY-SA 4.0))" in (
         tmp_path / "r" / "report.md").read_text()
+
+
+# --- ensembles: depth per member; members not adversarially trained stay out of the robust pool ----
+@pytest.fixture(scope="module")
+def ensembles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 robust and 3 normal models; a robust ensemble of two robust members; a MixedNUTS-like robust ensemble
+    whose member 0 (structured, normal-like filters) was normally trained; a normal ensemble of two members."""
+    root = tmp_path_factory.mktemp("ensembles") / "ds"
+    store = planted_zoo(root, n_per_side=3)
+    rng = np.random.default_rng(21)
+    two = [0] * 5 + [1] * 5
+    write_model(store, "zoo/cifar10/ens", "cifar10", tiny_weights(rng, True) + tiny_weights(rng, True), True,
+                members=two)
+    write_model(store, "zoo/cifar10/mixed", "cifar10", tiny_weights(rng, False) + tiny_weights(rng, True), True,
+                members=two, non_robust_members=(0,))
+    write_model(store, "zoo/cifar10/normal_ens", "cifar10", tiny_weights(rng, False)[:3] + tiny_weights(rng, False),
+                False, members=[0] * 3 + [1] * 5)
+    return root
+
+
+@pytest.mark.parametrize("engine", ["numba", "duckdb"])
+def test_ensembles_match_the_per_member_reference(ensembles: Path, tmp_path: Path, engine: str) -> None:
+    models, layers, filters = read_all(ensembles)
+    result = run_stats(str(ensembles), str(tmp_path), StatsOptions(engine=engine, **FAST))
+    expected = reference_profile(layers).sort_values(["model_id", "depth_bucket"]).reset_index(drop=True)
+    got = result.tables["depth_profile"].sort_values(["model_id", "depth_bucket"]).reset_index(drop=True)
+    assert got[["model_id", "depth_bucket"]].values.tolist() == expected[["model_id", "depth_bucket"]].values.tolist()
+    for metric in ("sparsity", "variance_entropy", "orthogonality"):
+        np.testing.assert_allclose(got[metric], expected[metric], rtol=1e-12)
+    by_model = got.groupby("model_id").n_layers.sum()
+    assert (by_model["zoo/cifar10/ens"], by_model["zoo/cifar10/mixed"], by_model["zoo/cifar10/normal_ens"]) == (8, 4, 6)
+    # bucket "0" holds each member's first conv: two layers for the two-member ensembles
+    first = got[got.depth_bucket == 0].set_index("model_id").n_layers
+    assert (first["zoo/cifar10/ens"], first["zoo/cifar10/mixed"], first["zoo/cifar10/normal_ens"]) == (2, 1, 2)
+
+    usable = usable_filters(layers, filters)
+    x = usable[[f"w{i}" for i in range(9)]].to_numpy(np.float64)
+    mean, components, _ = reference_pca(x)
+    assert result.bases["all"].n == len(x)
+    coef = (x / np.abs(x).max(axis=1, keepdims=True) - mean) @ components.T
+    lo, hi = coef.min(), coef.max()
+    assert result.coefficient_range == pytest.approx((lo, hi), abs=1e-12)
+    robust = usable.model_id.map(dict(zip(models.model_id, models.robust, strict=True))).to_numpy(bool)
+    hist = result.tables["coefficient_histograms"]
+    for r in (True, False):
+        part = hist[hist.robust == r]
+        for k in range(9):
+            counts, _ = np.histogram(coef[robust == r, k], bins=70, range=(lo, hi))
+            assert part[part.coefficient == k].sort_values("bin")["count"].tolist() == counts.tolist()
+    assert ("left out of every analysis as not adversarially trained (layers.member_robust false) although their "
+            "models are in the robust pool: zoo/cifar10/mixed member 0 (5 layers).") in result.notes
+
+
+def test_a_normally_trained_member_counts_for_nothing(ensembles: Path, tmp_path: Path) -> None:
+    """The MixedNUTS-like ensemble gives exactly the numbers of a single model made of its robust member."""
+    rng = np.random.default_rng(21)
+    for diverse in (True, True, False):  # the fixture's draws before it
+        tiny_weights(rng, diverse)
+    robust_member = tiny_weights(rng, True)
+    root = tmp_path / "single"
+    store = planted_zoo(root, n_per_side=3)
+    write_model(store, "zoo/cifar10/mixed", "cifar10", robust_member, True)
+    options = StatsOptions(kl_groups="all", **FAST)
+    single = run_stats(str(root), str(tmp_path / "a"), options)
+    with_member = run_stats(str(ensembles), str(tmp_path / "b"), StatsOptions(
+        kl_groups="all", where="model_id NOT IN ('zoo/cifar10/ens', 'zoo/cifar10/normal_ens')", **FAST))
+    for name in ("depth_profile", "coefficient_histograms", "distribution_shift", "robust_vs_normal"):
+        pd.testing.assert_frame_equal(with_member.tables[name], single.tables[name])
+    np.testing.assert_array_equal(with_member.bases["robust"].components, single.bases["robust"].components)
+
+
+def test_the_gallery_shows_the_first_layer_of_the_first_member_left_in(ensembles: Path, tmp_path: Path) -> None:
+    _, _, filters = read_all(ensembles)
+    result = run_stats(str(ensembles), str(tmp_path), StatsOptions(
+        gallery=["zoo/cifar10/mixed", "zoo/cifar10/ens"], coef_range=(-1.0, 1.0), **FAST))
+    shown = {g.model_id: g for row in result.galleries for g in row}
+    for model_id, member in (("zoo/cifar10/mixed", 1), ("zoo/cifar10/ens", 0)):
+        g = shown[model_id]
+        assert (g.member, g.conv_index, g.layer_name) == (member, 0, f"models.{member}.conv0")
+        rows = filters[(filters.model_id == model_id) & (filters.member == member) & (filters.conv_index == 0)]
+        expected = rows.sort_values(["out_channel", "in_channel"])[[f"w{i}" for i in range(9)]].to_numpy(np.float32)
+        np.testing.assert_array_equal(g.weights, expected.reshape(8, 3, 3, 3))

@@ -27,6 +27,15 @@ ENSEMBLE_LAYOUTS: dict[str, list[str | dict[str, str]]] = {
     "Bai2024MixedNUTS": ["std_model", "rob_model"],
 }
 
+# Members of RobustBench ensembles that were not adversarially trained, by entry-name prefix: the
+# accurate base classifier (a normally trained BiT ResNet-152x2, or ConvNeXt V2-L on ImageNet) that
+# MixedNUTS and adaptive smoothing mix with a robust one. Adaptive smoothing's mixing network
+# (member 2 of Bai2023Improving) is trained on adversarial examples, so it counts as robust.
+NON_ADVERSARIAL_MEMBERS: dict[str, tuple[int, ...]] = {
+    "Bai2023Improving": (0,),
+    "Bai2024MixedNUTS": (0,),
+}
+
 # Keys RobustBench itself tolerates as unexpected for some zoo checkpoints.
 TOLERATED_UNEXPECTED = re.compile(r"(^model_preact_hl1\.|\.scores$)")
 
@@ -188,6 +197,19 @@ def bind_members(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapping
             bind_state_dict(model.get_submodule(submodule), strip_prefix(raw[key], "module."), submodule,
                             report, tolerate)
     return report
+
+
+def non_adversarial_members(name: str) -> tuple[int, ...]:
+    """The members of RobustBench entry ``name`` that were not adversarially trained (empty: none known)."""
+    return next((v for k, v in NON_ADVERSARIAL_MEMBERS.items() if name.startswith(k)), ())
+
+
+def member_submodules(model: nn.Module, spec: ArchSpec, n_members: int) -> list[tuple[str, ...]]:
+    """Per ensemble member, the submodules its state dict(s) were bound to; ``[("",)]`` for a single model."""
+    if n_members == 1:
+        return [("",)]
+    return [(target,) if isinstance(target, str) else tuple(target.values())
+            for target in _ensemble_layout(model, spec, n_members)]
 
 
 def _ensemble_layout(model: nn.Module, spec: ArchSpec, n_members: int) -> list[str | dict[str, str]]:

@@ -11,7 +11,12 @@ from torch import nn
 
 from pipeline.checkpoints.arch_spec import ArchSpec
 from pipeline.checkpoints.architectures import input_shape_for, instantiate
-from pipeline.checkpoints.bind import BindReport, bind_members, materialize_meta_tensors
+from pipeline.checkpoints.bind import (
+    BindReport,
+    bind_members,
+    materialize_meta_tensors,
+    member_submodules,
+)
 from pipeline.checkpoints.load import ConvWeight
 from pipeline.errors import ArchitectureBuildError, ArchitectureMismatchError, ForwardPassError
 
@@ -153,6 +158,30 @@ def _bind_and_trace(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapp
         materialize_meta_tensors(model)
     shape = input_shape or input_shape_for(spec, dataset, model)
     traced = trace_convs(model, shape, device)
+    assign_members(model, traced.convs, member_submodules(model, spec, len(state_dicts)))
     for conv in traced.convs:
         conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
     return BoundModel(traced, report, shape)
+
+
+def assign_members(model: nn.Module, convs: Sequence[ConvWeight], submodules: Sequence[Sequence[str]]) -> None:
+    """Set each conv's ``member``: the ensemble member whose submodule (``submodules[i]``) holds its module.
+
+    Modules are matched by identity, not name: a member may be reachable under two names
+    (``branch1`` and ``models.0``), and ``named_modules`` gives each module its first one.
+    A conv outside every member got its weights from no checkpoint: ArchitectureMismatchError.
+    """
+    if len(submodules) <= 1:
+        return
+    owner: dict[int, int] = {}
+    for member, paths in enumerate(submodules):
+        for path in paths:
+            for module in model.get_submodule(path).modules():
+                owner.setdefault(id(module), member)
+    for conv in convs:
+        member = owner.get(id(model if conv.name == "<root>" else model.get_submodule(conv.name)))
+        if member is None:
+            raise ArchitectureMismatchError(
+                f"conv {conv.name} runs but belongs to none of the ensemble members' submodules "
+                f"({', '.join(p for paths in submodules for p in paths)}), so no checkpoint gave its weights")
+        conv.member = member

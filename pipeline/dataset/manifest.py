@@ -81,8 +81,8 @@ def derive_manifest(records: list[dict]) -> dict:
     return {
         "format": "filterlens",
         "dataset_version": len(records),
-        "schema_version": schema_version(),
-        "pipeline_version": __version__,
+        "schema_version": records[-1].get("schema_version", schema_version()),  # of the last writer
+        "pipeline_version": records[-1].get("pipeline_version", __version__),
         "created_at": records[0].get("recorded_at"),
         "updated_at": records[-1].get("recorded_at"),
         "builds": [b for b in builds if len(b) > 1][-50:],

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from pipeline.dataset.layout import StoredModel
 from pipeline.dataset.sandbox import LockedConnection, check_expression, check_read_only
-from pipeline.dataset.schema import TABLES, arrow_schema
+from pipeline.dataset.schema import TABLES, arrow_schema, schema_version
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import QueryError
 
@@ -75,6 +75,11 @@ class FilterDataset:
         self.snapshot = self.store.snapshot()
         self._row_files = {t: self.store.part_files(t) for t in ("models", "failures")}
 
+    @cached_property
+    def older_models(self) -> bool:
+        """Whether some committed model was written under an older schema version (its files lack newer columns)."""
+        return any(m.schema_version != schema_version() for m in self.snapshot.stored.values())
+
     def stored_models(self) -> dict[str, StoredModel]:
         """The snapshot's committed models by model_id (where their files are)."""
         return self.snapshot.stored
@@ -116,6 +121,10 @@ class FilterDataset:
             files = self.files(table)
             if not files:
                 con.execute(f"CREATE OR REPLACE VIEW {table} AS {empty_select(table)}")
+            elif self.store.local and self.older_models:  # files without the columns added since: nulls
+                listing = ", ".join(_quote(f) for f in files)
+                con.execute(f"CREATE OR REPLACE VIEW {table} AS {empty_select(table)} UNION ALL BY NAME "
+                            f"SELECT * FROM read_parquet([{listing}], hive_partitioning = false, union_by_name = true)")
             elif self.store.local:
                 listing = ", ".join(_quote(f) for f in files)
                 con.execute(f"CREATE OR REPLACE VIEW {table} AS "
@@ -167,6 +176,9 @@ class FilterDataset:
         files = self.files(table)
         if not files:
             return pl.LazyFrame(schema=pl.from_arrow(arrow_schema(table).empty_table()).schema)
+        if self.store.local and self.older_models:
+            schema = pl.from_arrow(arrow_schema(table).empty_table()).schema
+            return pl.scan_parquet(files, hive_partitioning=False, schema=schema, missing_columns="insert")
         if self.store.local:
             return pl.scan_parquet(files, hive_partitioning=False)
         return pl.scan_pyarrow_dataset(self.arrow_dataset(table))

@@ -146,14 +146,18 @@ def to_table(table: str, columns: dict[str, object]) -> pa.Table:
 
 
 def check_schema(table: str, actual: pa.Schema, where: str) -> None:
-    """Raise SchemaMismatchError unless ``actual`` has exactly ``table``'s columns and types."""
+    """Raise SchemaMismatchError unless ``actual`` has ``table``'s columns and types (in any order).
+
+    A file of an older schema version may lack nullable columns added since: readers fill
+    them with nulls. A missing required column, an unknown column or a wrong type is an error.
+    """
     expected = arrow_schema(table)
-    got = [(f.name, f.type) for f in actual]
-    want = [(f.name, f.type) for f in expected]
-    if got != want:
-        missing = [n for n, _ in want if n not in dict(got)]
-        extra = [n for n, _ in got if n not in dict(want)]
-        typed = [f"{n}: {t} != {dict(want)[n]}" for n, t in got if n in dict(want) and dict(want)[n] != t]
+    got = {f.name: f.type for f in actual}
+    want = {f.name: f.type for f in expected}
+    missing = [f.name for f in expected if f.name not in got and not f.nullable]
+    extra = [n for n in got if n not in want]
+    typed = [f"{n}: {t} != {want[n]}" for n, t in got.items() if n in want and want[n] != t]
+    if missing or extra or typed:
         raise SchemaMismatchError(
             f"{where} does not match schemas/{table}.yaml"
             f" (missing {missing}, unexpected {extra}, wrong types {typed}); rebuild it with this version"

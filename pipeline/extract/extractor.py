@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.checkpoints.arch_spec import ArchSpec, parse_arch_spec
-from pipeline.checkpoints.bind import BindReport
+from pipeline.checkpoints.bind import BindReport, non_adversarial_members
 from pipeline.checkpoints.load import (
     ConvWeight,
     LoadedCheckpoint,
@@ -111,8 +111,8 @@ def _warn_transposed(model_id: str, convs: list[ConvWeight]) -> None:
 
 
 def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight: torch.Tensor,
-                 sparse: torch.Tensor) -> pa.RecordBatch:
-    """Rows of the filters table for one 3x3 layer (weights exact as float32)."""
+                 sparse: torch.Tensor, member: int = 0) -> pa.RecordBatch:
+    """Rows of the filters table for one 3x3 layer (weights exact as float32) of ensemble member ``member``."""
     w = weight.detach().to("cpu", torch.float32).contiguous()
     c_out, c_in = int(w.shape[0]), int(w.shape[1])
     n = c_out * c_in
@@ -122,6 +122,7 @@ def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight
         "model_id": pa.DictionaryArray.from_arrays(zeros, pa.array([model_id])),
         "dataset": pa.DictionaryArray.from_arrays(zeros, pa.array([dataset])),
         "model": pa.DictionaryArray.from_arrays(zeros, pa.array([slug])),
+        "member": pa.array(np.full(n, member, dtype=np.int32)),
         "conv_index": pa.array(np.full(n, conv_index, dtype=np.int32)),
         "out_channel": pa.array(np.repeat(np.arange(c_out, dtype=np.int32), c_in)),
         "in_channel": pa.array(np.tile(np.arange(c_in, dtype=np.int32), c_out)),
@@ -158,7 +159,7 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
         raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")
     writer = ModelWriter(store, request.model_id, request.dataset)
     try:
-        layers, counts = _write_layers(request, ordered.convs, writer, torch_device, progress)
+        layers, counts = _write_layers(request, ordered.convs, writer, torch_device, progress, n_members(loaded))
         writer.commit(layers, _model_row(request, loaded, ordered, counts, torch_device, started))
     except BaseException:
         writer.abort()
@@ -178,22 +179,56 @@ def _known_digest(request: ModelRequest) -> tuple[str, int] | None:
     return None
 
 
+def n_members(loaded: LoadedCheckpoint) -> int:
+    """Ensemble members of a loaded checkpoint: its state dicts (1 for a single model or ONNX)."""
+    return max(1, len(loaded.state_dicts))
+
+
 @dataclass
 class _LayerCounts:
     n_conv3x3: int = 0
     n_nonfinite_layers: int = 0
 
 
+def non_robust_members(request: ModelRequest, n_members: int) -> set[int]:
+    """Members of an ensemble that were not adversarially trained: RobustBench's known ones (by the
+    ``robustbench:`` spec's name, or a ``robustbench/<dataset>/<threat>/<name>`` model_id) and the zoo
+    entry's ``metadata.non_robust_members`` (member indices)."""
+    if request.arch and request.arch.startswith("robustbench:"):
+        name = parse_arch_spec(request.arch).name
+    else:
+        parts = request.model_id.split("/")
+        name = parts[-1] if len(parts) == 4 and parts[0] == "robustbench" else ""
+    declared = request.metadata.get("non_robust_members") or []
+    if not isinstance(declared, list) or not all(isinstance(i, int) and 0 <= i < n_members for i in declared):
+        raise ConfigError(f"{request.model_id}: metadata.non_robust_members must list member indices "
+                          f"0..{n_members - 1}, not {declared!r}")
+    return ({i for i in non_adversarial_members(name) if i < n_members} if name else set()) | set(declared)
+
+
+def member_positions(convs: Sequence[ConvWeight]) -> list[tuple[int, int]]:
+    """(conv_index, conv layers of the member) of each conv: execution order counted per ensemble member."""
+    sizes: dict[int, int] = {}
+    indices = []
+    for conv in convs:
+        indices.append(sizes.get(conv.member, 0))
+        sizes[conv.member] = indices[-1] + 1
+    return [(index, sizes[conv.member]) for index, conv in zip(indices, convs, strict=True)]
+
+
 def _write_layers(request: ModelRequest, convs: list[ConvWeight], writer: ModelWriter, device: torch.device,
-                  progress: bool) -> tuple[pa.Table, _LayerCounts]:
-    """Compute every layer's row, hand 3x3 layers' filter rows to ``writer``; return the layers table."""
+                  progress: bool, members: int) -> tuple[pa.Table, _LayerCounts]:
+    """Compute every layer's row (members in order), hand 3x3 layers' filter rows to ``writer``; return the
+    layers table."""
     slug = slugify(request.model_id)
-    n_conv = len(convs)
+    convs = sorted(convs, key=lambda c: c.member)  # stable: execution order within each member
+    non_robust = non_robust_members(request, members)
     layer_rows: list[dict] = []
     counts = _LayerCounts()
-    for index, conv in enumerate(tqdm(convs, desc=request.model_id, unit="layer", leave=False,
-                                      disable=None if progress else True)):
+    for (index, n_conv), conv in zip(member_positions(convs), tqdm(
+            convs, desc=request.model_id, unit="layer", leave=False, disable=None if progress else True), strict=True):
         row, batch = _layer(request, slug, index, n_conv, conv, device)
+        row["member_robust"] = request.robust and conv.member not in non_robust
         layer_rows.append(row)
         if batch is not None:
             counts.n_conv3x3 += 1
@@ -228,7 +263,8 @@ def _model_row(request: ModelRequest, loaded: LoadedCheckpoint, ordered: Ordered
         "n_conv3x3_layers": counts.n_conv3x3,
         "n_params": ordered.n_params,
         "n_params_unused": ordered.n_params_unused,
-        "n_ensemble_members": max(1, len(loaded.state_dicts)),
+        "n_ensemble_members": n_members(loaded),
+        "n_members": n_members(loaded),
         "depth_source": ordered.depth_source,
         "input_shape": "x".join(map(str, (1, *ordered.input_shape))) if ordered.input_shape else None,
         "n_nonfinite_layers": counts.n_nonfinite_layers,
@@ -247,6 +283,7 @@ def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: Conv
         "model_id": request.model_id,
         "dataset": request.dataset,
         "model": slug,
+        "member": conv.member,
         "layer_name": conv.name,
         "conv_index": index,
         "conv_depth_norm": index / (n_conv - 1) if n_conv > 1 else 0.0,
@@ -270,7 +307,7 @@ def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: Conv
         return row, None
     metrics, sparse = layer_metrics(on_device)
     row.update(asdict(metrics))
-    return row, filter_batch(request.model_id, request.dataset, slug, index, weight, sparse)
+    return row, filter_batch(request.model_id, request.dataset, slug, index, weight, sparse, conv.member)
 
 
 def run_one(request: ModelRequest, store: DatasetStore, device: str | torch.device = "auto",

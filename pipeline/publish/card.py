@@ -142,6 +142,7 @@ def _usage(inputs: CardInputs) -> list[str]:
         f"FROM read_parquet('{_hf_path(inputs, DATA_FILES['layers'])}', hive_partitioning = false) AS l",
         f"JOIN read_parquet('{_hf_path(inputs, DATA_FILES['models'])}') AS m USING (model_id)",
         "WHERE l.kernel_h = 3 AND l.kernel_w = 3",
+        "  AND NOT (m.robust AND l.member_robust IS FALSE)  -- a robust ensemble's normally trained member",
         "GROUP BY ALL ORDER BY ALL;",
         "```", "",
         "**Polars**", "",
@@ -152,6 +153,7 @@ def _usage(inputs: CardInputs) -> list[str]:
         f"layers = pl.scan_parquet(\"{_hf_path(inputs, DATA_FILES['layers'])}\", hive_partitioning=False)",
         "(layers.filter((pl.col(\"kernel_h\") == 3) & (pl.col(\"kernel_w\") == 3))",
         "       .join(models.select(\"model_id\", \"robust\"), on=\"model_id\")",
+        "       .filter(~pl.col(\"robust\") | pl.col(\"member_robust\").fill_null(True))",
         "       .group_by(\"robust\").agg(pl.col(\"sparsity\").mean(), pl.col(\"orthogonality\").mean())",
         "       .collect())",
         "```", "",
@@ -268,7 +270,8 @@ def _build_section(inputs: CardInputs) -> list[str]:
         "filters/dataset=<d>/model=<model>/part-*.parquet    one row per 3x3 filter, w0..w8 exact float32",
         "_manifest.json                                      dataset version, schema version, builds, snapshot",
         "```", "",
-        "Only committed model versions are published. Join the tables on `model_id`. The layout is filterlens' own, "
+        "Only committed model versions are published. Join models to layers on `model_id`, and layers to filters "
+        "on `model_id`, `member`, `conv_index` (ensembles number their layers per member). The layout is filterlens' own, "
         "so the repo is itself a filter dataset: `filterlens sql|info|stats hf://datasets/...` read it, and a "
         "downloaded copy can be extended with `filterlens build` and published again.", "",
         "## Tables", "",
@@ -287,8 +290,10 @@ def _metrics_section() -> list[str]:
         "- **orthogonality**: rows are the c_out output kernels (c_in·9 values) divided by their L2 norm; "
         "C = Σ|R·Rᵀ − I| / (c_out(c_out−1)); orthogonality = 1 − C. As in the reference code, a zero kernel "
         "counts |0−1| on the diagonal, so values compare with published ones.",
-        "- **depth**: `conv_index` is the order the conv layers run in; "
-        "`conv_depth_norm = conv_index / (n_conv_layers − 1)`.",
+        "- **depth**: `conv_index` is the order the conv layers run in, counted per ensemble member (`member`); "
+        "`conv_depth_norm = conv_index / (n − 1)` with n the member's conv layers (`n_conv_layers` for a single "
+        "model). `member_robust` is false for members of robust ensembles that were not adversarially trained "
+        "(e.g. MixedNUTS's accurate base model): leave them out of robust pools.",
         "- `n_nonsparse`, `pca_sum`, `pca_scatter` are additive PCA sufficient statistics, so PCA bases over "
         "any selection of layers can be computed without reading `filters`.", "",
     ]

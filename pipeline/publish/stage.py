@@ -175,6 +175,10 @@ def _committed_models(store: DatasetStore, dataset: str) -> pa.Table:
     if missing:
         raise StoreError(f"{dataset}: {len(missing)} committed models have missing files (e.g. {missing[0]}); "
                          "rebuild them (filterlens build/extract --force) or delete them before publishing")
+    old = sorted(m for m, model in stored.items() if model.schema_version != schema_version())
+    if old:  # the published card and manifest state one schema version: every file must follow it
+        raise StoreError(f"{dataset}: {len(old)} committed models were written under another schema version "
+                         f"(e.g. {old[0]}); rebuild them (filterlens build/extract --force) before publishing")
     limits.check_layout([store.relative(p) for m in stored.values()
                          for p in [store.model_row_path(m.slug), *store.model_files(m)]])  # fail fast
     return models

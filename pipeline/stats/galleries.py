@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow.dataset as pads
 
 from pipeline.dataset.query import FilterDataset
+from pipeline.dataset.schema import arrow_schema
 from pipeline.errors import ConfigError
 from pipeline.stats.options import StatsOptions
 from pipeline.stats.queries import run_sql
@@ -26,6 +27,7 @@ class Gallery:
     conv_index: int
     in_channels: int
     weights: np.ndarray  # (c_out, c_in, 3, 3)
+    member: int = 0
 
 
 def gallery_models(models: pd.DataFrame, pairs: pd.DataFrame, options: StatsOptions) -> list[list[str]]:
@@ -43,11 +45,15 @@ def gallery_models(models: pd.DataFrame, pairs: pd.DataFrame, options: StatsOpti
     return rows
 
 
-def _layer_weights(ds: FilterDataset, files: list[str], conv_index: int) -> np.ndarray:
-    """The (c_out, c_in, 3, 3) weights of one conv layer, read from the model's filters files."""
-    table = pads.dataset(files, filesystem=ds.store.fs, format="parquet").to_table(
+def _layer_weights(ds: FilterDataset, files: list[str], member: int, conv_index: int) -> np.ndarray:
+    """The (c_out, c_in, 3, 3) weights of one conv layer, read from the model's filters files (files of
+    schema version 1 have no member column: read as null, member 0)."""
+    in_member = pads.field("member") == member
+    if member == 0:
+        in_member = in_member | pads.field("member").is_null()
+    table = pads.dataset(files, schema=arrow_schema("filters"), filesystem=ds.store.fs, format="parquet").to_table(
         columns=["out_channel", "in_channel", *[f"w{i}" for i in range(9)]],
-        filter=pads.field("conv_index") == conv_index)
+        filter=(pads.field("conv_index") == conv_index) & in_member)
     frame = table.to_pandas().sort_values(["out_channel", "in_channel"])
     c_out, c_in = int(frame.out_channel.max()) + 1, int(frame.in_channel.max()) + 1
     return frame[[f"w{i}" for i in range(9)]].to_numpy(np.float32).reshape(c_out, c_in, 3, 3)
@@ -66,7 +72,9 @@ def galleries(ds: FilterDataset, models: pd.DataFrame, rows: list[list[str]]) ->
         if model_id not in first.index:
             continue
         layer = first.loc[model_id]
-        weights = _layer_weights(ds, ds.store.filter_files(stored[model_id]), int(layer.conv_index))
+        weights = _layer_weights(ds, ds.store.filter_files(stored[model_id]), int(layer.member),
+                                 int(layer.conv_index))
         loaded[model_id] = Gallery(model_id, bool(info.loc[model_id, "robust"]), str(info.loc[model_id, "dataset"]),
-                                   str(layer.layer_name), int(layer.conv_index), weights.shape[1], weights)
+                                   str(layer.layer_name), int(layer.conv_index), weights.shape[1], weights,
+                                   int(layer.member))
     return [[loaded[m] for m in row if m in loaded] for row in rows if any(m in loaded for m in row)]

@@ -56,6 +56,7 @@ from pipeline.stats.selection import (
     describe_pools,
     describe_selection,
     left_out_note,
+    non_robust_member_note,
     pooled_threat_models,
     select_models,
 )
@@ -130,7 +131,8 @@ def run_stats(root: str, out_dir: str, options: StatsOptions | None = None) -> S
     with open_dataset(root, threads=options.threads) as ds:
         models = select_models(ds, options)
         coverage = run_sql(ds, "layer_coverage")
-        notes = [note for note in [left_out_note(ds, options)] if note] + coverage_notes(coverage)
+        notes = [note for note in [left_out_note(ds, options), non_robust_member_note(ds)] if note]
+        notes += coverage_notes(coverage)
         profile = run_sql(ds, "depth_profile")
         profile = profile[profile.n_layers > 0].reset_index(drop=True)
         profile["bucket"] = profile.depth_bucket.map(lambda b: BUCKET_LABELS[int(b)])

@@ -25,7 +25,11 @@ log = logging.getLogger(__name__)
 
 
 def scan_targets(ds: FilterDataset, models: pd.DataFrame) -> list[ScanTarget]:
-    """Per selected model: its filters files and conv_index -> depth bucket (-1: left out)."""
+    """Per selected model: its filters files and layer -> depth bucket (-1: left out).
+
+    A layer is (member, conv_index); ensembles number it ``member * member_stride + conv_index``
+    (single models and rows of schema version 1: stride 0, conv_index alone).
+    """
     layers = run_sql(ds, "scan_layers")
     stored = ds.stored_models()
     targets = []
@@ -34,10 +38,12 @@ def scan_targets(ds: FilterDataset, models: pd.DataFrame) -> list[ScanTarget]:
         model = stored.get(model_id)
         if rows.empty or model is None:
             continue
-        group = np.full(int(rows.conv_index.max()) + 1, -1, dtype=np.int64)
-        usable = rows[rows.has_metrics]
-        group[usable.conv_index.to_numpy(int)] = usable.depth_bucket.to_numpy(int)
-        targets.append(ScanTarget(model_id, tuple(ds.store.filter_files(model)), group))
+        stride = int(rows.conv_index.max()) + 1 if int(rows.member.max()) > 0 else 0
+        layer = rows.member.to_numpy(np.int64) * stride + rows.conv_index.to_numpy(np.int64)
+        group = np.full(int(layer.max()) + 1, -1, dtype=np.int64)
+        usable = rows.has_metrics.to_numpy(bool)
+        group[layer[usable]] = rows.depth_bucket.to_numpy(np.int64)[usable]
+        targets.append(ScanTarget(model_id, tuple(ds.store.filter_files(model)), group, stride))
     return targets
 
 
@@ -59,7 +65,7 @@ def scan_engine(options: StatsOptions) -> str:
 
 
 def _register_groups(ds: FilterDataset, targets: list[ScanTarget]) -> None:
-    """The temp table _scan_groups: (target, conv_index) -> group target * N_BUCKETS + depth bucket."""
+    """The temp table _scan_groups: (target, layer number) -> group target * N_BUCKETS + depth bucket."""
     groups = [(i, conv, i * N_BUCKETS + int(bucket)) for i, t in enumerate(targets)
               for conv, bucket in enumerate(t.group_of_conv) if bucket >= 0]
     ds.con.register("_scan_groups_df", pd.DataFrame(groups, columns=["target", "conv_index", "grp"]).astype(
@@ -81,10 +87,12 @@ def _set_basis_variables(ds: FilterDataset, basis: PCABasis, edges: np.ndarray |
 
 
 def _create_filters_view(ds: FilterDataset, targets: list[ScanTarget]) -> None:
-    """The view _scan_filters: every target's filters rows, tagged with the target's number."""
-    columns = ", ".join(["conv_index + 0 AS conv_index", "sparse", *[f"w{j}" for j in range(9)]])
+    """The view _scan_filters: every target's filters rows, tagged with the target's number; conv_index is
+    the target's layer number (``member * member_stride + conv_index``, see scan_targets)."""
     branches = []
     for i, target in enumerate(targets):
+        layer = f"conv_index + member * {int(target.member_stride)}" if target.member_stride else "conv_index + 0"
+        columns = ", ".join([f"{layer} AS conv_index", "sparse", *[f"w{j}" for j in range(9)]])
         if ds.store.local:
             listing = ", ".join("'" + f.replace("'", "''") + "'" for f in target.files)
             source = f"read_parquet([{listing}], hive_partitioning = false)"

@@ -83,3 +83,13 @@ def left_out_note(ds: FilterDataset, options: StatsOptions) -> str | None:
         return None
     return (f"{n} corruption-robust model(s) (threat_model corruptions) left out of both pools; "
             "--include-corruptions or --threat-models corruptions brings them into the robust pool.")
+
+
+def non_robust_member_note(ds: FilterDataset) -> str | None:
+    """Names the members of robust-pool ensembles left out as not adversarially trained (None: none)."""
+    rows = run_sql(ds, "non_robust_members")
+    if rows is None or rows.empty:
+        return None
+    listed = "; ".join(f"{r.model_id} member {r.member} ({r.n_layers} layers)" for r in rows.itertuples())
+    return (f"left out of every analysis as not adversarially trained (layers.member_robust false) although their "
+            f"models are in the robust pool: {listed}.")

@@ -157,7 +157,8 @@ class ScanTarget:
 
     model_id: str
     files: tuple[str, ...]
-    group_of_conv: np.ndarray  # int64, indexed by conv_index; -1 for layers left out
+    group_of_conv: np.ndarray  # int64, indexed by layer number; -1 for layers left out
+    member_stride: int = 0  # layer number = member * member_stride + conv_index (0: conv_index alone)
 
 
 def _kernels():  # noqa: ANN202 - compiled lazily so that importing this module stays cheap
@@ -297,9 +298,14 @@ def row_groups(targets: Sequence[ScanTarget], open_file) -> list[tuple[int, str,
     return work
 
 
-def _columns(table: pa.Table) -> list[np.ndarray]:
+def _columns(table: pa.Table, member_stride: int = 0) -> list[np.ndarray]:
+    """The kernels' arguments: 9 weight columns, the layer number (ScanTarget.member_stride), sparse."""
     arrays = [table.column(c).to_numpy() for c in WEIGHT_COLUMNS]
-    arrays.append(table.column("conv_index").to_numpy())
+    conv = table.column("conv_index").to_numpy()
+    if member_stride:
+        conv = (conv + table.column("member").to_numpy() * np.int32(member_stride)).astype(np.int32)
+        conv.flags.writeable = False  # the type the kernels were compiled for (Arrow's read-only arrays)
+    arrays.append(conv)
     arrays.append(table.column("sparse").to_numpy(zero_copy_only=False))
     return arrays
 
@@ -335,9 +341,10 @@ def scan(targets: Sequence[ScanTarget], open_file, fn, make_state, threads: int 
 
     def run(item: tuple[int, str, int, int]) -> None:
         t, path, rg, rows = item
+        stride = targets[t].member_stride
         with open_file(path) as f:
-            table = pq.ParquetFile(f).read_row_group(rg, columns=SCAN_COLUMNS, use_threads=False)
-        fn(state(), t, _columns(table))
+            table = pq.ParquetFile(f).read_row_group(rg, SCAN_COLUMNS + ["member"] * bool(stride), use_threads=False)
+        fn(state(), t, _columns(table, stride))
         bar.update(rows)
 
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -3,4 +3,4 @@
 SELECT model_id, dataset, robust, depth_bucket, n_nonsparse, pca_sum, pca_scatter
 FROM selected_layers
 WHERE has_metrics AND n_nonsparse > 0
-ORDER BY model_id, conv_index
+ORDER BY model_id, member, conv_index

@@ -2,11 +2,18 @@
 --   0 = the first conv layer alone (conv_index 0), then 1..10 = deciles of
 --   conv_depth_norm: (0, 0.1] -> 1, ..., (0.9, 1.0] -> 10 (1e-9 absorbs the
 --   rounding of conv_index / (n_conv_layers - 1), e.g. 3/10 -> 0.30000000000000004).
+-- Depth is per ensemble member: each member's convs are numbered from 0, so every
+-- member's first conv is in bucket 0 (member and member_robust are null in rows of
+-- schema version 1: member 0, kept).
 -- has_metrics: a 3x3 layer without NaN/Inf weights (the only layers with metric
 -- values; 3x3 layers with non-finite weights are counted, never averaged).
+-- Left out: the layers of members that were not adversarially trained (member_robust
+-- false) of models in the robust pool, except corruption-robust models (robust false
+-- as stored, so every member_robust is false): see non_robust_members.sql.
 CREATE OR REPLACE TEMP VIEW selected_layers AS
 SELECT
     l.model_id,
+    coalesce(l.member, 0) AS member,
     l.conv_index,
     l.layer_name,
     l.conv_depth_norm,
@@ -35,3 +42,4 @@ SELECT
     (l.kernel_h = 3 AND l.kernel_w = 3 AND l.n_nonfinite = 0 AND l.n_filters > 0) AS has_metrics
 FROM layers AS l
 JOIN selected_models AS m USING (model_id)
+WHERE NOT (m.robust AND m.threat_model <> 'corruptions' AND l.member_robust IS FALSE)
