@@ -247,3 +247,18 @@ def test_a_build_from_drive_keeps_the_good_models_and_classifies_the_bad(cli, dr
     assert failures == [(f"lab/{i}", "download", cls, transient, attempts)
                         for i, (_, cls, transient, attempts) in bad.items()]
     assert files_under(tmp_path / "cache") == []
+
+
+def test_a_changed_drive_file_is_noticed_without_a_digest(drive: FakeDrive, tmp_path: Path) -> None:
+    from pipeline.fetch.download import probe_recorded
+    from pipeline.fetch.validators import changed, dataset_records
+
+    drive.add("F9", tiny_bytes(1), page="form")
+    fetched = fetch_entry(ZooEntry(model_id="lab/F9", sources=["gdrive:F9"]), tmp_path, policy=FAST)
+    stored = dataset_records(fetched.validators)
+    assert stored and stored[0]["etag"].startswith('"')
+    assert not changed(stored, probe_recorded(stored, None))  # asked through the confirm page: the same file
+    drive.files["F9"].data = tiny_bytes(2)
+    assert changed(stored, probe_recorded(stored, None))
+    drive.files["F9"].refuse = "quota"  # Drive cannot tell now: unknown, not "changed"
+    assert probe_recorded(stored, None) == [None]

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from pipeline.dataset.layout import slugify
 from pipeline.digest import sha256_of_files
 from pipeline.errors import ChecksumMismatchError, SourceNotFoundError
-from pipeline.fetch.gdrive import fetch_gdrive, find_cached, start_url
+from pipeline.fetch.gdrive import fetch_gdrive, find_cached, probe_gdrive, start_url
 from pipeline.fetch.http import download_http, probe_http
 from pipeline.fetch.policy import FetchPolicy, TransferGuard
 from pipeline.fetch.remote import (
@@ -141,8 +141,14 @@ def probe_recorded(records: list[dict], mirror: str | None) -> list[dict | None]
     """Ask each recorded source again, where this build would fetch it; None where the location differs."""
     current: list[dict | None] = []
     for record in records:
-        url = resolve_remote(str(record.get("uri", "")), mirror)
-        current.append(probe_source(url) if location_id(url) == record.get("via") else None)
+        uri = str(record.get("uri", ""))
+        url = resolve_remote(uri, mirror)
+        if location_id(url) != record.get("via"):
+            current.append(None)
+        elif uri.startswith("gdrive:") and not mirror:  # through the confirm pages, as the download went
+            current.append(probe_gdrive(uri[len("gdrive:"):]))
+        else:
+            current.append(probe_source(url))
     return current
 
 

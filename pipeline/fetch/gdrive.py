@@ -30,9 +30,9 @@ from pipeline.errors import (
     DrivePermissionError,
     DriveQuotaError,
 )
-from pipeline.fetch.http import Busy, download_http, retry_after
+from pipeline.fetch.http import Busy, content_range, download_http, retry_after
 from pipeline.fetch.policy import FetchPolicy, TransferGuard
-from pipeline.fetch.validators import drop_record, write_record
+from pipeline.fetch.validators import drop_record, http_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -257,3 +257,21 @@ def fetch_gdrive(file_id: str, url: str, folder: Path, index: int, policy: Fetch
     write_record(dest, record)
     drop_record(stem)
     return dest, size, attempts, record
+
+
+def probe_gdrive(file_id: str, policy: FetchPolicy | None = None, timeout_s: float = 10.0) -> dict | None:
+    """What Drive says about the file now (ETag, Last-Modified, md5, size), through its confirm pages; None if
+    it cannot tell (a quota page, no network): the caller then treats the file as unchanged."""
+    client = DriveClient(file_id, start_url(file_id), policy or FetchPolicy(), Path(os.devnull))
+    try:
+        response = client.open({"Range": "bytes=0-0", "Accept-Encoding": "identity"}, (timeout_s, timeout_s))
+        with response:
+            if response.status_code not in (200, 206):
+                return None
+            total = content_range(response)[2] if response.status_code == 206 else None
+            return {**http_record(response.headers), **({"size": total} if total else {})}
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell", never a failed plan
+        log.info("gdrive:%s: could not ask Drive whether the file changed (%s)", file_id, type(exc).__name__)
+        return None
+    finally:
+        client.session.close()

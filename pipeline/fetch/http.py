@@ -220,7 +220,7 @@ def _attempt(url: str, part: Path, policy: FetchPolicy, guard: TransferGuard,
     with client.open(headers, timeout) as response:
         _check_status(url, response, bool(have))
         if response.status_code == 416:  # nothing left to send: the part is complete if the total agrees
-            total = _content_range(response)[2]
+            total = content_range(response)[2]
             if total != have or total != saved.get("size"):
                 raise _Restart(f"range not satisfiable and the file is now {total} bytes, not {have}")
             return _record_of(saved)
@@ -247,7 +247,7 @@ def _accept(url: str, response, part: Path, saved: dict | None, have: int) -> tu
     record = http_record(response.headers)
     encoded = response.headers.get("Content-Encoding", "identity") not in ("identity", "")
     if response.status_code == 206:
-        start, _, total = _content_range(response)
+        start, _, total = content_range(response)
         if not have or start != have or total != saved.get("size"):
             raise _Restart(f"the server sent bytes {start}- of {total}, not the {have}- asked for")
         if record.get("etag") and saved.get("etag") and record["etag"] != saved["etag"]:
@@ -265,7 +265,7 @@ def _accept(url: str, response, part: Path, saved: dict | None, have: int) -> tu
     return 0, total, record
 
 
-def _content_range(response) -> tuple[int | None, int | None, int | None]:  # noqa: ANN001
+def content_range(response) -> tuple[int | None, int | None, int | None]:  # noqa: ANN001
     """(start, end, total) of a ``Content-Range`` header; None for what it does not say."""
     match = re.fullmatch(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)", response.headers.get("Content-Range", "").strip())
     if not match:
@@ -311,7 +311,7 @@ def probe_http(url: str, timeout_s: float = 10.0) -> dict | None:
                 return _announced(response, int(length) if length.isdigit() else None)
         with requests.get(url, headers={**headers, "Range": "bytes=0-0"}, stream=True, timeout=timeout_s) as response:
             if response.status_code == 206:
-                return _announced(response, _content_range(response)[2])
+                return _announced(response, content_range(response)[2])
     except (requests.RequestException, OSError) as exc:
         log.info("%s: could not ask the server whether the file changed (%s)", url, type(exc).__name__)
     return None
