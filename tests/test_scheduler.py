@@ -99,3 +99,42 @@ def test_when_no_actor_is_left_the_rest_fail_with_a_scheduling_error() -> None:
     assert [(m, e) for m, e, _, _ in failures[1:]] == [("m1", SchedulingError.__name__),
                                                          ("m2", SchedulingError.__name__)]
     assert scheduler.finished()
+
+
+def make_sources(sources: list[str], n_actors: int, **kw: object) -> tuple[BuildScheduler, list, Clock]:
+    failures: list = []
+    clock = Clock()
+    options = {"max_downloads": 10, "prefetch": 10, "retries": 3, "max_actor_restarts": 1, **kw}
+    scheduler = BuildScheduler([ZooEntry(model_id=f"m{i}", sources=[s]) for i, s in enumerate(sources)], n_actors,
+                               on_failure=lambda job, exc, attempts, s: failures.append(job.entry.model_id),
+                               clock=clock, **options)
+    return scheduler, failures, clock
+
+
+def test_drive_downloads_are_capped_across_all_actors_and_other_hosts_go_first() -> None:
+    from pipeline.build.scheduler import DRIVE_HOST, host_of
+
+    sources = ["gdrive:a", "gdrive:b", "gdrive:c", "https://github.com/x/y.pt", "/local/z.pt", "gdrive:d"]
+    assert [host_of(ZooEntry(model_id="x", sources=[s])) for s in sources[2:5]] == [DRIVE_HOST, "github.com", None]
+    scheduler, _, _ = make_sources(sources, 3, host_limits={DRIVE_HOST: 2})
+    started = scheduler.downloads_to_start()
+    assert [j.entry.model_id for j in started] == ["m0", "m1", "m3", "m4"]  # m2, m5 wait for a Drive slot
+    assert scheduler.host_busy[DRIVE_HOST] == 2
+    scheduler.download_done(started[0], {})
+    assert [j.entry.model_id for j in scheduler.downloads_to_start()] == ["m2"]
+
+
+def test_a_retry_after_pauses_the_host_for_everybody_then_the_model_is_retried() -> None:
+    from pipeline.build.scheduler import DRIVE_HOST
+    from pipeline.errors import DriveQuotaError
+
+    scheduler, failures, clock = make_sources(["gdrive:a", "gdrive:b", "https://h/x.pt"], 1,
+                                              host_limits={DRIVE_HOST: 1})
+    first = scheduler.downloads_to_start()
+    assert [j.entry.model_id for j in first] == ["m0", "m2"]
+    scheduler.download_failed(first[0], DriveQuotaError("quota", retry_after=60), transient=True)
+    assert scheduler.downloads_to_start() == [] and scheduler.waiting_for_a_host()  # m0 (retry) and m1 wait
+    clock.now = 61.0
+    again = scheduler.downloads_to_start()
+    assert [(j.entry.model_id, j.attempt) for j in again] == [("m0", 2)]  # one Drive slot: m1 still waits
+    assert failures == []

@@ -34,7 +34,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.build.config import BuildConfig, BuildSummary
 from pipeline.build.progress import BuildProgress
-from pipeline.build.scheduler import BuildScheduler, Job
+from pipeline.build.scheduler import DRIVE_HOST, BuildScheduler, Job
 from pipeline.build.steps import BuildSteps, KeptCheckpoints, record_build_failure
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError, ExtractionTimeoutError, FilterlensError, SchedulingError
@@ -49,9 +49,11 @@ log = logging.getLogger(__name__)
 class RemoteFailure(FilterlensError):
     """An error raised inside a Ray task or actor, carried back as a value."""
 
-    def __init__(self, error_class: str, message: str, stage: str, transient: bool, attempts: int = 1) -> None:
+    def __init__(self, error_class: str, message: str, stage: str, transient: bool, attempts: int = 1,
+                 retry_after: float | None = None) -> None:
         super().__init__(message, attempts=attempts)
         self.error_class, self.stage, self.transient = error_class, stage, transient
+        self.retry_after = retry_after
 
 
 def _failure_value(exc: BaseException) -> dict:
@@ -59,13 +61,14 @@ def _failure_value(exc: BaseException) -> dict:
 
     stage, error_class, transient = describe(exc)
     return {"error": {"error_class": error_class, "message": str(exc).splitlines()[0] if str(exc) else error_class,
-                      "stage": stage, "transient": transient, "attempts": getattr(exc, "attempts", 1)}}
+                      "stage": stage, "transient": transient, "attempts": getattr(exc, "attempts", 1),
+                      "retry_after": getattr(exc, "retry_after", None)}}
 
 
 def _as_failure(value: dict) -> RemoteFailure:
     error = value["error"]
     return RemoteFailure(error["error_class"], error["message"], error["stage"], error["transient"],
-                         error["attempts"])
+                         error["attempts"], error.get("retry_after"))
 
 
 @ray.remote(num_cpus=0, max_retries=2)
@@ -190,7 +193,8 @@ class RayBuild:
         self.actors, self.nodes = _start_actors(plan, self.config, self.store, self.steps)
         self.scheduler = BuildScheduler(
             self.entries, len(self.actors), max_downloads=self.config.max_downloads, prefetch=self.config.prefetch,
-            retries=self.config.retries, max_actor_restarts=MAX_ACTOR_RESTARTS, on_failure=self._record_failure)
+            retries=self.config.retries, max_actor_restarts=MAX_ACTOR_RESTARTS, on_failure=self._record_failure,
+            host_limits={DRIVE_HOST: self.config.drive_downloads})
         try:
             self._loop()
         finally:
@@ -206,6 +210,7 @@ class RayBuild:
             if not (self.downloading or self.extracting):
                 if self.scheduler.finished() or not any(self.scheduler.alive):
                     break
+                time.sleep(0.5 if self.scheduler.waiting_for_a_host() else 0)  # a host asked to wait
                 continue
             done, _ = ray.wait([*self.downloading, *self.extracting], num_returns=1, timeout=1.0)
             now = time.perf_counter()
@@ -249,8 +254,9 @@ class RayBuild:
         except (RayTaskError, WorkerCrashedError) as exc:
             self.scheduler.download_failed(job, exc, transient=True)
             return
-        if "error" in value:  # download errors were already retried inside the task
-            self.scheduler.download_failed(job, _as_failure(value), transient=False)
+        if "error" in value:  # retried inside the task already; again here only after a host's "wait"
+            failure = _as_failure(value)
+            self.scheduler.download_failed(job, failure, transient=failure.transient and bool(failure.retry_after))
             return
         fetched = value["fetched"]
         self.summary.downloaded_bytes += fetched["downloaded_bytes"]

@@ -15,16 +15,22 @@ Rules:
   other failure is final;
 * an actor that died more than ``max_actor_restarts`` times is out: its waiting
   models go back to the queue; when no actor is left, every model not yet in
-  flight fails with a SchedulingError.
+  flight fails with a SchedulingError;
+* per host (``host_of``: Google Drive for ``gdrive:`` sources, else the URL's host)
+  at most ``host_limits[host]`` downloads run at once across the whole build, every
+  node included; a download that fails with a ``retry_after`` (Drive's quota, HTTP
+  429) pauses new downloads from that host for that long. Models of other hosts go
+  first meanwhile.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from pipeline.errors import SchedulingError
 from pipeline.zoo.zoo_file import ZooEntry
@@ -43,6 +49,19 @@ class Job:
     fetched: dict | None = None
 
 
+DRIVE_HOST = "drive.google.com"
+
+
+def host_of(entry: ZooEntry) -> str | None:
+    """The host a model's first source is downloaded from (None: local files, or no source)."""
+    if not entry.sources:
+        return None
+    source = entry.sources[0]
+    if source.startswith("gdrive:"):
+        return DRIVE_HOST
+    return urlsplit(source).netloc or None
+
+
 FailureSink = Callable[[Job, BaseException, int, float], None]
 """Called once per model that finally fails: (job, error, attempts, seconds since its first attempt)."""
 
@@ -52,7 +71,8 @@ class BuildScheduler:
 
     def __init__(self, entries: Sequence[ZooEntry], n_actors: int, *, max_downloads: int, prefetch: int,
                  retries: int, max_actor_restarts: int, on_failure: FailureSink,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, host_limits: Mapping[str, int] | None = None,
+                 ) -> None:
         self.todo: deque[tuple[ZooEntry, int]] = deque((e, 1) for e in entries)
         self.waiting: list[deque[Job]] = [deque() for _ in range(n_actors)]
         self.downloads = [0] * n_actors
@@ -63,6 +83,9 @@ class BuildScheduler:
         self.max_actor_restarts = max_actor_restarts
         self.on_failure, self.clock = on_failure, clock
         self.started_at: dict[str, float] = {}
+        self.host_limits = {h: n for h, n in (host_limits or {}).items() if n > 0}
+        self.host_busy: Counter[str] = Counter()
+        self.paused_until: dict[str, float] = {}
 
     # --- state ----------------------------------------------------------------------------------
     def load(self, actor: int) -> int:
@@ -71,6 +94,10 @@ class BuildScheduler:
 
     def in_flight(self) -> int:
         return sum(self.downloads) + sum(self.busy)
+
+    def waiting_for_a_host(self) -> bool:
+        """True when models are queued but every one's host is full or paused (wait, do not give up)."""
+        return bool(self.todo) and self._next_allowed() is None
 
     def finished(self) -> bool:
         return not (self.todo or self.in_flight() or any(self.waiting))
@@ -81,14 +108,39 @@ class BuildScheduler:
         jobs = []
         while self.todo and sum(self.downloads) < self.max_downloads:
             candidates = [i for i, up in enumerate(self.alive) if up and self.load(i) < self.prefetch + 1]
-            if not candidates:
+            position = self._next_allowed()
+            if not candidates or position is None:
                 break
             actor = min(candidates, key=self.load)
-            entry, attempt = self.todo.popleft()
+            entry, attempt = self.todo[position]
+            del self.todo[position]
             self.started_at.setdefault(entry.model_id, self.clock())
             self.downloads[actor] += 1
+            host = host_of(entry)
+            if host:
+                self.host_busy[host] += 1
             jobs.append(Job(entry, actor, attempt, self.clock()))
         return jobs
+
+    def _next_allowed(self) -> int | None:
+        """The first queued model whose host has a free slot and is not paused (the queue order otherwise)."""
+        now = self.clock()
+        for position, (entry, _) in enumerate(self.todo):
+            host = host_of(entry)
+            if host is None:
+                return position
+            if self.paused_until.get(host, 0.0) > now:
+                continue
+            if host in self.host_limits and self.host_busy[host] >= self.host_limits[host]:
+                continue
+            return position
+        return None
+
+    def _download_ended(self, job: Job) -> None:
+        self.downloads[job.actor] -= 1
+        host = host_of(job.entry)
+        if host and self.host_busy[host] > 0:
+            self.host_busy[host] -= 1
 
     def extractions_to_start(self) -> list[Job]:
         """For each idle live actor, the next fetched checkpoint waiting for it."""
@@ -102,7 +154,7 @@ class BuildScheduler:
     # --- outcomes -------------------------------------------------------------------------------
     def download_done(self, job: Job, fetched: dict) -> None:
         """The checkpoint is on the actor's node: queue it there (or back in the queue if the actor is gone)."""
-        self.downloads[job.actor] -= 1
+        self._download_ended(job)
         job.fetched = fetched
         if self.alive[job.actor]:
             self.waiting[job.actor].append(job)
@@ -110,7 +162,12 @@ class BuildScheduler:
             self.todo.appendleft((job.entry, job.attempt))
 
     def download_failed(self, job: Job, exc: BaseException, transient: bool) -> None:
-        self.downloads[job.actor] -= 1
+        self._download_ended(job)
+        wait = getattr(exc, "retry_after", None)
+        host = host_of(job.entry)
+        if host and wait:  # the host asked everybody to wait: no new download from it until then
+            self.paused_until[host] = max(self.paused_until.get(host, 0.0), self.clock() + float(wait))
+            log.info("%s asked to wait %.0fs; other hosts' models go first", host, float(wait))
         self._retry_or_fail(job, exc, transient)
 
     def extraction_done(self, job: Job) -> None:

@@ -1,10 +1,10 @@
 """How hard a download tries and what it may cost: ``FetchPolicy``, enforced per file by ``TransferGuard``.
 
 ``host_slot`` caps the downloads in flight per host within one process (Google
-Drive: ``drive_downloads``). The cap is not shared between processes: Ray
-download tasks on several workers or nodes each count on their own (a
-build-wide token service is a follow-up to issue 17). Standard library only
-(the build configuration builds a policy at start-up).
+Drive: ``drive_downloads``). Across a Ray build the same cap holds for the whole
+cluster because the driver's scheduler (``build/scheduler.py``) starts at most that
+many Drive downloads at once and pauses a host that asked to wait. Standard library
+only (the build configuration builds a policy at start-up).
 """
 
 from __future__ import annotations
