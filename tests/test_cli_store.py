@@ -342,3 +342,26 @@ def test_a_root_with_only_a_failure_is_queryable(tmp_path: Path, cli) -> None:  
     assert result.out.splitlines() == ['"model_id","error_class"', '"m","NotACheckpointError"']
     message = cli("sql", root, "SELECT message FROM failures", "--format", "json").out
     assert "api-key" not in message and "not a checkpoint" in message
+
+
+def test_new_metadata_for_the_same_bytes_updates_the_row_without_re_extracting(
+        dataset_with_good_model: Path, tmp_path: Path, cli) -> None:  # noqa: ANN001
+    root = dataset_with_good_model
+    store = DatasetStore(str(root))
+    before = store.stored_model("good")
+    data_files = sorted(p for p in all_files(root) if "/layers/" in p or "/filters/" in p)
+    result = cli("extract", tmp_path / "good.pt", "--out", root, "--arch", ARCH, "--model-id", "good",
+                 "--dataset", "cifar10", "--clean-acc", "91.5", "--architecture", "TinyNet-v2")
+    assert result.code == 0, result.err
+    assert result.out.strip().endswith("updated architecture, clean_acc")
+    row = store.models().to_pylist()[[r["model_id"] for r in store.models().to_pylist()].index("good")]
+    assert (row["clean_acc"], row["architecture"], row["write_id"]) == (91.5, "TinyNet-v2", before.write_id)
+    assert sorted(p for p in all_files(root) if "/layers/" in p or "/filters/" in p) == data_files
+    assert store.build_records()[-1]["updated"] == ["architecture", "clean_acc"]
+    same = cli("extract", tmp_path / "good.pt", "--out", root, "--arch", ARCH, "--model-id", "good",
+               "--dataset", "cifar10", "--clean-acc", "91.5")
+    assert "use --force to redo" in same.out  # nothing new: a plain skip
+    moved = cli("extract", tmp_path / "good.pt", "--out", root, "--arch", ARCH, "--model-id", "good",
+                "--dataset", "cifar100")
+    assert moved.code == 0 and "3x3 filters" in moved.out  # another training dataset: extracted again
+    assert store.stored_model("good").dataset == "cifar100" and store.stored_model("good").write_id != before.write_id

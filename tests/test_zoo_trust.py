@@ -78,3 +78,20 @@ def test_architecture_code_that_exits_hangs_or_raises_fails_only_its_model(tmp_p
                         "lab/raises": ("ArchitectureBuildError", "bind", False)}
     assert "exit code 0" in store.failures().filter(
         pa.compute.equal(store.failures().column("model_id"), "lab/exits")).column("message")[0].as_py()
+
+
+def test_a_rebuild_writes_new_zoo_metadata_into_complete_models_without_extracting(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    zoo = write_zoo(tmp_path, {"lab/a": "zoo_fixtures:tiny_net"})
+    args = ["build", zoo, "--out", tmp_path / "ds", "--backend", "local", "--no-progress", "--cache-dir",
+            tmp_path / "cache"]
+    assert cli(*args).code == 0
+    store = DatasetStore(str(tmp_path / "ds"))
+    write_id = store.stored_model("lab/a").write_id
+    doc = yaml.safe_load(zoo.read_text())
+    doc["models"][0].update({"clean_acc": 88.25, "paper": "A paper"})
+    zoo.write_text(yaml.safe_dump(doc))
+    result = cli(*args)
+    assert result.code == 0 and "0 models extracted, 1 skipped" in result.out
+    row = store.models().to_pylist()[0]
+    assert (row["clean_acc"], row["paper"], row["write_id"]) == (88.25, "A paper", write_id)
+    assert store.build_records()[-1]["metadata_updated"] == 1

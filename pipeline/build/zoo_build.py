@@ -21,10 +21,22 @@ from pipeline.build.steps import BuildSteps
 from pipeline.dataset.layout import utcnow
 from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ConfigError
+from pipeline.extract.row_update import update_row
 from pipeline.zoo.trust import require_consent
 from pipeline.zoo.zoo_file import ZooEntry
 
 log = logging.getLogger(__name__)
+
+
+def update_skipped_rows(store: DatasetStore, skipped: Sequence[ZooEntry]) -> list[str]:
+    """Write the zoo's new metadata (accuracies, architecture, paper...) into complete models' rows, no download."""
+    updated = []
+    for entry in skipped:
+        changed = update_row(store, entry.model_id, entry.request([]))
+        if changed:
+            log.info("%s: updated %s from the zoo", entry.model_id, ", ".join(changed))
+            updated.append(entry.model_id)
+    return updated
 
 
 def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", device: str = "auto",
@@ -50,6 +62,7 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
     started = time.perf_counter()
     todo, skipped = plan(entries, store, config.force, mirror=config.mirror)
     log.info("%d models: %d to process, %d already complete", len(entries), len(todo), len(skipped))
+    updated = update_skipped_rows(store, skipped)
     bar = BuildProgress(len(todo), enabled=progress)
     try:
         if not todo:
@@ -68,7 +81,7 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
         "command": command or "build", "backend": backend, "host": socket.gethostname(),
         "pipeline_version": __version__, "finished_at": utcnow().isoformat(), "models": len(entries),
         "done": summary.done, "skipped": summary.skipped, "failed": summary.failed,
-        "seconds": round(summary.wall_seconds, 3),
+        "seconds": round(summary.wall_seconds, 3), "metadata_updated": len(updated),
     })
     store.write_index()  # readers of a large root then read two row files, not one per model
     return summary

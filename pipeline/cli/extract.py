@@ -112,12 +112,15 @@ def run(args: argparse.Namespace) -> int:
     request = request_from_args(args)
     store = DatasetStore(args.out)
     result = run_one(request, store, device=args.device, force=args.force)
-    if not result.skipped:
+    if not result.skipped or result.updated:
         store.update_manifest({"command": "extract", "model_id": result.model_id,
-                               "seconds": round(result.seconds, 3), "finished_at": utcnow().isoformat()})
+                               "seconds": round(result.seconds, 3), "finished_at": utcnow().isoformat(),
+                               **({"updated": result.updated} if result.updated else {})})
     if args.json:
         json.dump(result.__dict__, sys.stdout)
         print()
+    elif result.skipped and result.updated:
+        print(f"{result.model_id}: already in {args.out} (same checkpoint sha256); updated {', '.join(result.updated)}")
     elif result.skipped:
         print(f"{result.model_id}: already in {args.out} (same checkpoint sha256); use --force to redo")
     else:

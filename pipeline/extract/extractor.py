@@ -36,6 +36,7 @@ from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import sha256_of_files
 from pipeline.errors import ConfigError, NoConvWeightsError
 from pipeline.extract.metrics import layer_metrics, weight_statistics
+from pipeline.extract.row_update import update_row
 from pipeline.zoo.spec import ModelRequest
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class ExtractResult:
     n_filters: int = 0
     seconds: float = 0.0
     device: str = "cpu"
+    updated: list[str] | None = None
+    """For a skipped model: the row fields rewritten with new metadata."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -149,8 +152,12 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
     digest = _known_digest(request)
     if digest and not force and store.is_complete(request.model_id, digest[0]):
-        log.info("%s: already complete (sha256 %s), skipping", request.model_id, digest[0][:12])
-        return ExtractResult(request.model_id, True, digest[0], device=str(torch_device))
+        updated = update_row(store, request.model_id, request)
+        if updated is not None:  # same bytes: only new metadata, written into the row (or nothing to do)
+            log.info("%s: already complete (sha256 %s)%s", request.model_id, digest[0][:12],
+                     f"; updated {', '.join(updated)}" if updated else ", skipping")
+            return ExtractResult(request.model_id, True, digest[0], device=str(torch_device), updated=updated)
+        log.info("%s: the training dataset or robust flag changed: extracting again", request.model_id)
 
     loaded = load_checkpoint(request.checkpoints, digest=digest)
     ordered = ordered_convs(request, loaded, torch_device)
