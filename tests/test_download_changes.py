@@ -4,16 +4,14 @@ and what a build records for downloads that are too big, endless or stalled."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from checkpoint_server import CheckpointServer
-from zoo_fixtures import tiny_net
+from zoo_fixtures import tiny_bytes
 
 from pipeline.build.plan import plan
 from pipeline.build.zoo_build import build_zoo
@@ -23,13 +21,6 @@ from pipeline.errors import ConfigError
 from pipeline.fetch.download import fetch_entry, probe_recorded
 from pipeline.fetch.validators import changed, dataset_records, location_id
 from pipeline.zoo.zoo_file import ZooEntry, load_zoo_file
-
-
-def tiny_bytes(seed: int) -> bytes:
-    torch.manual_seed(seed)
-    buffer = io.BytesIO()
-    torch.save(tiny_net().state_dict(), buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -10,10 +9,9 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from fakedrive import FakeDrive, FakeGitHub
-from zoo_fixtures import tiny_net
+from zoo_fixtures import tiny_bytes
 
 from pipeline.dataset.layout import slugify
 from pipeline.dataset.query import open_dataset
@@ -30,13 +28,6 @@ from pipeline.fetch.policy import FetchPolicy
 from pipeline.zoo.zoo_file import ZooEntry
 
 FAST = FetchPolicy(retries=2, backoff_base_s=0.01, backoff_max_s=0.05, deadline_s=30)
-
-
-def tiny_bytes(seed: int) -> bytes:
-    torch.manual_seed(seed)
-    buffer = io.BytesIO()
-    torch.save(tiny_net().state_dict(), buffer)
-    return buffer.getvalue()
 
 
 @pytest.fixture

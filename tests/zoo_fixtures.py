@@ -31,6 +31,16 @@ def tiny_net() -> nn.Module:
     return TinyNet()
 
 
+def tiny_bytes(seed: int) -> bytes:
+    """A TinyNet state dict with seeded random weights, as ``torch.save`` bytes."""
+    import io
+
+    torch.manual_seed(seed)
+    buffer = io.BytesIO()
+    torch.save(tiny_net().state_dict(), buffer)
+    return buffer.getvalue()
+
+
 class TinyEnsemble(nn.Module):
     def __init__(self) -> None:
         super().__init__()
