@@ -16,6 +16,9 @@ def connect(address: str | None, log_to_driver: bool = True) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": log_to_driver}
     if address == "local" or (address is None and not os.environ.get("RAY_ADDRESS")):
+        # our own single-machine instance on 127.0.0.1: no token authentication (and no warning about it);
+        # a cluster that is joined keeps whatever mode it runs with
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs["include_dashboard"] = False
         # workers import this package from the driver's source tree, installed or not
         project_root = str(Path(__file__).resolve().parents[1])

@@ -22,3 +22,17 @@ def test_exit_codes_in_the_top_level_help_are_complete() -> None:
     for code in ("0 ok", "2 usage/config", "3 a model failed", "4 dataset/storage", "5 query", "6 statistics",
                  "130 interrupted"):
         assert code in text
+
+
+def test_third_party_deprecation_notices_are_hidden_unless_verbose() -> None:
+    import warnings
+
+    from pipeline.cli.main import setup_logging
+
+    for verbose, shown in ((0, 0), (1, 2)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            setup_logging(verbose, quiet=False)
+            warnings.warn("old API", FutureWarning, stacklevel=1)
+            warnings.warn("old API", DeprecationWarning, stacklevel=1)
+        assert len(caught) == shown

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 
 from pipeline import __version__
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose else logging.INFO)
+    if not verbose:  # third-party deprecation notices are not the user's business (-v shows them)
+        for category in (FutureWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=level, stream=sys.stderr, format="filterlens %(levelname)s: %(message)s", force=True)
     for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL", "httpx", "httpx2", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
