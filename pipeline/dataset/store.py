@@ -160,7 +160,15 @@ class DatasetStore(DatasetPaths):
         for table in ROW_TABLES:
             started = time.monotonic()
             infos = self._row_infos(table)
-            rows = [(i, self.read_parquet(i.path)) for i in infos if self.file_exists(i.path)]
+
+            def read(info: pafs.FileInfo) -> tuple[pafs.FileInfo, pa.Table] | None:
+                try:
+                    return info, self.read_parquet(info.path)
+                except FileNotFoundError:  # deleted since the listing
+                    return None
+
+            with ThreadPoolExecutor(max_workers=min(16, max(1, len(infos)))) as pool:  # object stores: GETs
+                rows = [r for r in pool.map(read, infos) if r is not None]
             path = self.path(INDEX_DIR, f"{table}.parquet")
             if not rows:
                 self.delete_file(path)
@@ -309,7 +317,8 @@ class DatasetStore(DatasetPaths):
                       if i.type == pafs.FileType.File and i.path not in keep]
         candidates += [i for t in ROW_TABLES for i in self.list_dir(self.path(t))
                        if i.type == pafs.FileType.File and i.base_name.endswith(TEMP_SUFFIX)]
-        old = sorted(i.path for i in candidates if i.mtime is None or i.mtime.timestamp() <= cutoff)
+        old = sorted(i.path for i in candidates  # no modification time known: only with no retention at all
+                     if (i.mtime is not None and i.mtime.timestamp() <= cutoff) or older_than_s <= 0)
         if dry_run:
             return old
         for path in old:
