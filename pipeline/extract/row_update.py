@@ -6,7 +6,9 @@ Fields that only the models row holds are rewritten in place when the request gi
 them (a value that is not None): the row is written again with the same
 ``write_id`` (the same files; one atomic write, like a commit). A new training
 dataset changes the layers/filters rows and their partition, so it means a
-re-extraction. ``robust`` and ``threat_model`` always have a value in a request
+re-extraction. The row is rewritten only if no writer committed the model since it
+was read (a concurrent ``extract --force`` keeps its version; the window left is the
+single write). ``robust`` and ``threat_model`` always have a value in a request
 (a default when nobody said), so they are not taken as changes: use ``--force``.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from pipeline.dataset.layout import slugify
 from pipeline.dataset.store import DatasetStore
 from pipeline.zoo.spec import ModelRequest
 
@@ -31,14 +34,18 @@ def row_changes(request: ModelRequest, row: dict) -> dict | None:
 
 def update_row(store: DatasetStore, model_id: str, request: ModelRequest) -> list[str] | None:
     """Apply ``row_changes`` to the committed row of ``model_id``: the names changed, or None to re-extract."""
-    path = store.model_row_path(store.stored_model(model_id).slug)
+    path = store.model_row_path(slugify(model_id))
     table = store.read_parquet(path)
-    changes = row_changes(request, table.to_pylist()[0])
+    row = table.to_pylist()[0]
+    changes = row_changes(request, row)
     if changes is None or not changes:
         return None if changes is None else []
     for name, value in changes.items():
         index = table.schema.get_field_index(name)
         field = table.schema.field(index)
         table = table.set_column(index, field, pa.array([value], field.type))
+    current = store.stored_model(model_id)
+    if current is None or current.write_id != row["write_id"]:  # a writer committed meanwhile: its row stays
+        return []
     store.write_table(table, path)
     return sorted(changes)
