@@ -73,7 +73,6 @@ class FilterDataset:
         self._datasets: dict[str, pads.Dataset] = {}
         self._sandbox: LockedConnection | None = None
         self.snapshot = self.store.snapshot()
-        self._row_files = {t: self.store.part_files(t) for t in ("models", "failures")}
 
     @cached_property
     def older_models(self) -> bool:
@@ -97,7 +96,7 @@ class FilterDataset:
         """The files behind a table: for layers/filters exactly the snapshot's versions; the row files otherwise."""
         if table in ("layers", "filters"):
             return self.store.committed_files(table, self.snapshot.stored.values())
-        return self._row_files[table]
+        return self.snapshot.row_files[table]
 
     def rows(self, table: str) -> pa.Table:
         """The snapshot's models or failures rows (read once, when the dataset was opened)."""

@@ -114,9 +114,9 @@ class DatasetStore(DatasetPaths):
         return [i for i in self.list_dir(self.path(table)) if i.type == pafs.FileType.File
                 and i.base_name.endswith(".parquet") and not i.base_name.startswith((".", "_"))]
 
-    def _read_parts(self, table: str) -> pa.Table:
+    def _read_parts(self, table: str, infos: list[pafs.FileInfo] | None = None) -> pa.Table:
         """All rows of ``models`` or ``failures``: unchanged files from the index, the others from themselves."""
-        infos = self._row_infos(table)
+        infos = self._row_infos(table) if infos is None else infos
         schema = arrow_schema(table)
         if not infos:
             return empty_table(schema)
@@ -212,7 +212,8 @@ class DatasetStore(DatasetPaths):
         commits meanwhile. A row whose files are missing (a broken copy, a too-eager
         vacuum) leaves out that model, with a warning, instead of failing every query.
         """
-        models = self.models()
+        listed = {t: self._row_infos(t) for t in ROW_TABLES}  # one listing each, shared with the caller
+        models = self._read_parts("models", listed["models"])
         stored = stored_models_of(models)
         missing = self.incomplete_models(stored.values())
         if missing:
@@ -221,7 +222,8 @@ class DatasetStore(DatasetPaths):
             keep = pa.array([m not in set(missing) for m in models.column("model_id").to_pylist()], pa.bool_())
             models = models.filter(keep)
             stored = {k: v for k, v in stored.items() if k not in set(missing)}
-        return Snapshot(models, self.failures(), stored, missing)
+        return Snapshot(models, self._read_parts("failures", listed["failures"]), stored, missing,
+                        {t: sorted(i.path for i in infos) for t, infos in listed.items()})
 
     def incomplete_models(self, models: Iterable[StoredModel]) -> list[str]:
         """The model_ids among ``models`` with a layers or filters file missing (one listing)."""
@@ -373,3 +375,5 @@ class Snapshot:
     failures: pa.Table
     stored: dict[str, StoredModel]
     missing: list[str] = field(default_factory=list)
+    row_files: dict[str, list[str]] = field(default_factory=dict)
+    """The models/ and failures/ files the rows were read from."""
