@@ -9,7 +9,7 @@ STAMP := $(VENV)/.filterlens-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= out
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,18 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/filterlens demo --out $(OUT)/demo
 
-test: $(STAMP)
+# tests/test_report_browser.py renders report.html in headless Chromium: install Debian's chromium when it is
+# missing and we are root (CI containers); otherwise that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      echo "installing chromium for tests/test_report_browser.py"; \
+	      (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	       (apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1)) || \
+	      echo "could not install chromium: tests/test_report_browser.py will skip"; \
+	    else echo "chromium not installed (not root): tests/test_report_browser.py will skip"; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -32,6 +31,7 @@ from pipeline.errors import BuildFailedError, ConfigError
 from pipeline.train.config import DEMO_ARCHS, TrainConfig, demo_arch_spec
 
 if TYPE_CHECKING:
+    from pipeline.dataset.query import FilterDataset
     from pipeline.train.train_zoo import ZooSummary
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,8 @@ class DemoConfig:
 
 @dataclass
 class Direction:
-    """Robust-vs-normal comparison of one metric over the robust/normal pairs (same architecture and seed)."""
+    """Robust-vs-normal comparison of one metric over the robust/normal pairs (``demo_pairs``: same architecture
+    and seed, the rule ``filterlens stats`` pairs by)."""
 
     metric: str
     scope: str
@@ -127,7 +128,7 @@ class DemoResult:
 # --- the paper's directions, measured ------------------------------------------------------
 
 _MODEL_METRICS_SQL = """
-SELECT m.model_id, m.robust, m.arch_spec, m.metadata_json,
+SELECT m.model_id,
        SUM(l.n_sparse)::DOUBLE / SUM(l.n_filters)                                     AS sparsity,
        SUM(l.variance_entropy * l.n_nonsparse) / NULLIF(SUM(l.n_nonsparse), 0)         AS variance_entropy,
        SUM(l.orthogonality * l.out_channels) / SUM(l.out_channels)                     AS orthogonality
@@ -145,13 +146,21 @@ SCOPES = {
 """The layer selections the paper singles out: the model as a whole, the first layer, the deepest layers."""
 
 
-def _pair_key(row: dict) -> tuple:
-    seed = json.loads(row["metadata_json"] or "{}").get("seed")
-    return row["arch_spec"], seed
+def demo_pairs(data: FilterDataset, model_prefix: str | None = None) -> list[tuple[str, str]]:
+    """(robust, normal) model ids by the one pairing rule of ``filterlens stats`` (``pipeline.stats.pairing.
+    auto_pairs``: same architecture and dataset, and the same seed): one pair per architecture and seed."""
+    from pipeline.stats.pairing import auto_pairs
+
+    where = "TRUE" if not model_prefix else "starts_with(model_id, $prefix)"
+    models = data.con.execute(f"SELECT model_id, model, dataset, robust, architecture, metadata_json FROM models "
+                              f"WHERE {where} ORDER BY model_id", {"prefix": model_prefix} if model_prefix else None
+                              ).df()
+    pairs, _ = auto_pairs(models)
+    return list(zip(pairs.robust_model_id, pairs.normal_model_id, strict=True))
 
 
 def paper_directions(dataset: str, model_prefix: str | None = None) -> list[Direction]:
-    """Compare robust with normal models (paired by architecture and seed) on the paper's three metrics.
+    """Compare robust with normal models (paired as ``filterlens stats`` pairs them) on the paper's metrics.
 
     Per model, over the selected 3x3 layers: sparsity = sum of sparse / sum of
     filters, variance entropy weighted by non-sparse filters, orthogonality
@@ -161,29 +170,27 @@ def paper_directions(dataset: str, model_prefix: str | None = None) -> list[Dire
     """
     from pipeline.dataset.query import open_dataset
 
-    data = open_dataset(dataset)
     prefix_filter = "TRUE" if not model_prefix else "starts_with(m.model_id, $prefix)"
     directions = []
-    for scope, where in SCOPES.items():
-        query = _MODEL_METRICS_SQL.format(where=f"{where} AND {prefix_filter}")
-        cursor = data.con.execute(query, {"prefix": model_prefix} if model_prefix else None)
-        columns = [c[0] for c in cursor.description]
-        rows = [dict(zip(columns, values, strict=True)) for values in cursor.fetchall()]
-        robust = {_pair_key(r): r for r in rows if r["robust"]}
-        normal = {_pair_key(r): r for r in rows if not r["robust"]}
-        keys = sorted(set(robust) & set(normal), key=str)
-        for metric, (sign, words) in PAPER_DIRECTIONS.items():
-            diffs = [robust[k][metric] - normal[k][metric] for k in keys
-                     if robust[k][metric] is not None and normal[k][metric] is not None]
-            r_vals = [robust[k][metric] for k in keys if robust[k][metric] is not None]
-            n_vals = [normal[k][metric] for k in keys if normal[k][metric] is not None]
-            agreeing = sum(1 for d in diffs if d * sign > 0)
-            directions.append(Direction(
-                metric=metric, scope=scope,
-                robust_mean=sum(r_vals) / len(r_vals) if r_vals else None,
-                normal_mean=sum(n_vals) / len(n_vals) if n_vals else None,
-                pairs=len(diffs), pairs_agreeing=agreeing, expected=words,
-                verdict=_verdict(diffs, sign)))
+    with open_dataset(dataset) as data:
+        pairs = demo_pairs(data, model_prefix)
+        for scope, where in SCOPES.items():
+            query = _MODEL_METRICS_SQL.format(where=f"{where} AND {prefix_filter}")
+            cursor = data.con.execute(query, {"prefix": model_prefix} if model_prefix else None)
+            columns = [c[0] for c in cursor.description]
+            rows = {values[0]: dict(zip(columns, values, strict=True)) for values in cursor.fetchall()}
+            scoped = [(rows[r], rows[n]) for r, n in pairs if r in rows and n in rows]
+            for metric, (sign, words) in PAPER_DIRECTIONS.items():
+                both = [(r[metric], n[metric]) for r, n in scoped if r[metric] is not None and n[metric] is not None]
+                diffs = [r - n for r, n in both]
+                r_vals = list({r["model_id"]: r[metric] for r, _ in scoped if r[metric] is not None}.values())
+                n_vals = list({n["model_id"]: n[metric] for _, n in scoped if n[metric] is not None}.values())
+                directions.append(Direction(
+                    metric=metric, scope=scope,
+                    robust_mean=sum(r_vals) / len(r_vals) if r_vals else None,
+                    normal_mean=sum(n_vals) / len(n_vals) if n_vals else None,
+                    pairs=len(diffs), pairs_agreeing=sum(1 for d in diffs if d * sign > 0), expected=words,
+                    verdict=_verdict(diffs, sign)))
     return directions
 
 
@@ -271,9 +278,12 @@ def run_demo(config: DemoConfig) -> DemoResult:
     write_directions_csv(directions, os.path.join(config.out, "directions.csv"))
     report, stats_text = None, ""
     if config.stats and stats_available():
+        import pandas as pd
+
         from pipeline.stats.run import run_stats, summary_text
 
-        result = run_stats(config.dataset_path, config.report_path)
+        frame = pd.DataFrame([dataclasses.asdict(d) for d in directions])
+        result = run_stats(config.dataset_path, config.report_path, extra_tables={"demo_directions": frame})
         for note in result.notes:
             log.warning("%s", note)
         stats_text = summary_text(result, config.report_path)  # printed by the demo after its own summary

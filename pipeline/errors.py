@@ -49,6 +49,12 @@ class NoConvWeightsError(CheckpointError):
     """The checkpoint holds no 2D convolution weights."""
 
 
+class FilterDBFormatError(CheckpointError):
+    """A published filter database (onnxzoo2filterdb layout: dataset.h5 and its CSVs) is not in that layout:
+    a missing key or column, filter ranges that overlap or leave gaps, filter counts that disagree with
+    in_channels x out_channels, NaN/Inf filters, or metadata that would need unsafe unpickling."""
+
+
 # --- architecture binding (stage "bind") -----------------------------------------------
 class ArchitectureError(FilterlensError):
     """The weights could not be bound to the requested architecture."""
@@ -259,3 +265,21 @@ class BuildFailedError(FilterlensError):
     """Some models of a build that had to succeed as a whole (the demo's) failed; see failures/."""
 
     exit_code = 3
+
+
+# --- the first-stage probe (stage "probe"; pipeline/probe/) -------------------------------
+class ProbeError(FilterlensError):
+    """Probing a model's first convolution stage failed."""
+
+    stage = "probe"
+    exit_code = 3
+
+
+class ProbeDataError(ProbeError):
+    """The probe images cannot be read, or do not fit the model (missing folder, image size, labels)."""
+
+    exit_code = 2
+
+
+class ProbeUnavailableError(ProbeError):
+    """The model cannot be run (no architecture given, an ONNX graph): only bound models can be probed."""

@@ -141,7 +141,7 @@ CRASH_POINTS = {
     # kill after all filters are written, before the layers file and the commit
     "before-commit": """
         from pipeline.dataset import writer
-        def crash(self, layers, row):
+        def crash(self, layers, row, probes=None):
             self.finish_filters()
             os.kill(os.getpid(), signal.SIGKILL)
         writer.ModelWriter.commit = crash
@@ -211,12 +211,12 @@ def test_vacuum_removes_only_unreferenced_files_past_the_retention(dataset_with_
     writer.finish_filters()  # written but never committed: a writer still running, or one that crashed
     committed = set(store.committed_files("filters"))
     assert store.vacuum() == []  # younger than the retention: a running writer's files are safe
-    ghost = root / "filters" / "dataset=cifar10" / "model=ghost"
+    ghost = root / "filters" / "cifar10" / "ghost"
     old = time.time() - 2 * 24 * 3600
     for path in ghost.iterdir():
         os.utime(path, (old, old))
     removed = store.vacuum()
-    assert removed and all("model=ghost" in p for p in removed)
+    assert removed and all("/cifar10/ghost/" in p for p in removed)
     assert set(store.committed_files("filters")) == committed
     assert not ghost.exists()
 
@@ -243,7 +243,7 @@ def test_a_row_with_missing_files_leaves_out_only_that_model(dataset_with_good_m
     checkpoint = tiny_checkpoint(tmp_path / "other.pt", seed=4)
     assert cli("extract", checkpoint, "--out", root, "--arch", ARCH, "--model-id", "other",
                "--dataset", "cifar10").code == 0
-    for path in (root / "filters" / "dataset=cifar10" / "model=other").iterdir():
+    for path in (root / "filters" / "cifar10" / "other").iterdir():
         path.unlink()  # a broken copy: the row stays, its filters are gone
     query = cli("sql", root, "SELECT model_id, (SELECT count(*) FROM filters) AS n FROM models", "--format", "csv")
     assert query.code == 0, query.err

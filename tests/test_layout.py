@@ -190,7 +190,7 @@ def test_design_doc_lists_every_column_of_every_table() -> None:
 
     root = PACKAGE.parent
     text = (root / "docs" / "design.md").read_text()
-    for table in ("models", "layers", "filters", "failures"):
+    for table in ("models", "layers", "filters", "failures", "probes"):
         section = text.split(f"### `{table}`", 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
         documented = re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.M)
         declared = [c["name"] for c in yaml.safe_load((root / "schemas" / f"{table}.yaml").read_text())["columns"]]

@@ -111,7 +111,7 @@ def repo_files(hub: FakeHub, revision: str = "main") -> dict[str, bytes]:
 # --- staging ------------------------------------------------------------------------------------
 def test_stage_holds_only_committed_models_and_is_a_deterministic_valid_dataset(dataset: Path, tmp_path: Path) -> None:
     store = DatasetStore(str(dataset))
-    orphan = dataset / "filters" / "dataset=cifar10" / "model=zoo--cifar10--normal-a" / "part-crashed-0.parquet"
+    orphan = dataset / "filters" / "cifar10" / "zoo--cifar10--normal-a" / "part-crashed-0.parquet"
     shutil.copyfile(store.filter_files(store.stored_models()["zoo/cifar10/normal-a"])[0], orphan)
     store.record_failure("zoo/broken", "cifar10", "https://models.example.org/broken.pt",
                          CorruptCheckpointError("zoo/broken: truncated"))
@@ -173,7 +173,7 @@ def test_oversized_files_are_rechunked_exactly(dataset: Path, tmp_path: Path, mo
         assert meta.num_row_groups == meta.num_rows == LAYERS_PER_MODEL
     staged = DatasetStore(str(tmp_path / "staged"))
     per_model = Counter(p.split("/")[2] for p in tree.files if p.startswith("filters/"))
-    assert {f"model={m.slug}": m.n_filter_files for m in staged.stored_models().values()} == dict(per_model)
+    assert {m.slug: m.n_filter_files for m in staged.stored_models().values()} == dict(per_model)
     with open_dataset(str(tmp_path / "staged")) as out, open_dataset(str(dataset)) as source:
         for query in ("SELECT * FROM filters ORDER BY model_id, conv_index, out_channel, in_channel",
                       "SELECT * FROM layers ORDER BY model_id, conv_index"):

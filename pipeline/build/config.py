@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipeline.fetch.policy import FetchPolicy
+    from pipeline.probe.config import ProbeConfig
 
 
 def default_checkpoint_cache() -> Path:
@@ -51,6 +52,8 @@ class BuildConfig:
     trust_zoo_code: bool = False
     """Run ``module:factory`` architectures named by the zoo (pipeline/zoo/trust.py)."""
     progress: bool = True
+    probe: ProbeConfig | None = None
+    """Also probe every model's first stage (pipeline/probe/); None: no probe."""
 
     def policy(self) -> FetchPolicy:
         from pipeline.fetch.policy import FetchPolicy
@@ -75,19 +78,30 @@ class BuildSummary:
     wait_download_seconds: float = 0.0
     busy_extract_seconds: float = 0.0
     wall_seconds: float = 0.0
+    probed: int = 0
+    probe_failed: int = 0
     failures: list[dict] = field(default_factory=list)
 
     def __add__(self, other: BuildSummary) -> BuildSummary:
         values = {k: getattr(self, k) + getattr(other, k) for k in asdict(self) if k != "failures"}
         return BuildSummary(**values, failures=self.failures + other.failures)
 
+    def add_probe(self, probed: bool, failure: dict | None) -> None:
+        """Count one model's probe outcome (a failed probe is listed with the failures)."""
+        self.probed += bool(probed)
+        if failure is not None:
+            self.probe_failed += 1
+            self.failures.append(failure)
+
     def exit_code(self, allow_failures: bool = False) -> int:
-        return 3 if self.failed and not allow_failures else 0
+        return 3 if (self.failed or self.probe_failed) and not allow_failures else 0
 
     def text(self) -> str:
         lines = [f"{self.done} models extracted, {self.skipped} skipped (already complete), {self.failed} failed "
                  f"in {self.wall_seconds:.1f}s: {self.filters} filters, "
                  f"{self.downloaded_bytes / 1e6:.1f} MB downloaded"]
+        if self.probed or self.probe_failed:
+            lines.append(f"  probed {self.probed} models, {self.probe_failed} probes failed (extractions kept)")
         if self.wall_seconds > 0 and self.done:
             lines.append(f"  {60 * self.done / self.wall_seconds:.1f} models/min, "
                          f"{self.filters / self.wall_seconds / 1e6:.2f} M filters/s")

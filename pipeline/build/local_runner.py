@@ -41,7 +41,7 @@ def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: Dataset
             t = time.perf_counter()
             try:
                 result = steps.extract(entry, fetched, store, config.device, config.force, config.keep_checkpoints,
-                                       config.extract_timeout_s)
+                                       config.extract_timeout_s, config.probe)
             except Exception as exc:  # noqa: BLE001 - every failure becomes a failures row
                 if describe(exc)[2] and attempt < config.retries:
                     log.info("%s: transient %s, retrying", entry.model_id, type(exc).__name__)
@@ -54,6 +54,7 @@ def build_local(entries: Sequence[ZooEntry], config: BuildConfig, store: Dataset
             summary.done += not result.skipped
             summary.skipped += result.skipped
             summary.filters += result.n_filters
+            summary.add_probe(result.probed, result.probe_failure)
             progress.model_done(result.n_filters)
             if config.keep_checkpoints:
                 kept.add(fetched)

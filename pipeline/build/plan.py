@@ -75,11 +75,18 @@ def changed_at_source(entry: ZooEntry, store: DatasetStore, mirror: str | None =
 
 
 def plan(entries: Sequence[ZooEntry], store: DatasetStore, force: bool,
-         mirror: str | None = None) -> tuple[list[ZooEntry], list[ZooEntry]]:
-    """(entries to process, entries skipped as complete); sources without a zoo digest are asked if they changed."""
+         mirror: str | None = None, probe_key: str | None = None) -> tuple[list[ZooEntry], list[ZooEntry]]:
+    """(entries to process, entries skipped as complete); sources without a zoo digest are asked if they changed.
+
+    With ``probe_key`` (a probe run), a complete model with an architecture whose probe rows were computed
+    under other settings (or never) is processed too: only its probe runs.
+    """
     if force:
         return list(entries), []
     complete = store.complete_models()
+    if probe_key is not None:
+        complete = {k: m for k, m in complete.items() if m.probe_config == probe_key
+                    or not any(e.model_id == k and e.arch for e in entries)}
     candidates = [e for e in entries if can_skip(e, complete)]
     ask = [e for e in candidates if not e.sha256]
     moved: set[str] = set()

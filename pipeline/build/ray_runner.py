@@ -91,7 +91,7 @@ class Extractor:
     """Holds the dataset handle and the device; extracts one model at a time."""
 
     def __init__(self, extract: Callable, out: str, device: str, threads: int, keep_checkpoints: bool,
-                 cache_budget_bytes: float | None, timeout_s: float = 0.0) -> None:
+                 cache_budget_bytes: float | None, timeout_s: float = 0.0, probe: object | None = None) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -101,6 +101,7 @@ class Extractor:
         self.keep_checkpoints = keep_checkpoints
         self.kept = KeptCheckpoints(cache_budget_bytes)
         self.timeout_s = timeout_s
+        self.probe = probe
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -109,7 +110,7 @@ class Extractor:
         checkpoint = FetchedCheckpoint(**fetched)
         try:
             result = self.extract_step(ZooEntry(**entry), checkpoint, self.store, self.device, force,
-                                       self.keep_checkpoints, self.timeout_s)
+                                       self.keep_checkpoints, self.timeout_s, self.probe)
             if self.keep_checkpoints:
                 self.kept.add(checkpoint)
             return {"result": asdict(result)}
@@ -155,7 +156,7 @@ def _start_actors(plan: ActorPlan, config: BuildConfig, store: DatasetStore, ste
     budget = config.cache_max_gb * 1e9 / plan.count if config.cache_max_gb else None  # each actor's share
     actors = [Extractor.options(num_cpus=plan.num_cpus, num_gpus=plan.num_gpus).remote(
         steps.extract, store.uri, plan.device, int(plan.num_cpus) or 1, config.keep_checkpoints, budget,
-        config.extract_timeout_s)
+        config.extract_timeout_s, config.probe)
         for _ in range(plan.count)]
     refs = [a.node_id.remote() for a in actors]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=config.stall_timeout_s)
@@ -303,6 +304,7 @@ class RayBuild:
         self.summary.done += not result["skipped"]
         self.summary.skipped += result["skipped"]
         self.summary.filters += result["n_filters"]
+        self.summary.add_probe(result["probed"], result["probe_failure"])
         self.summary.extract_seconds += result["seconds"]
         self.progress.model_done(result["n_filters"])
 

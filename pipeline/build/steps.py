@@ -24,6 +24,7 @@ from pipeline.zoo.zoo_file import ZooEntry
 
 if TYPE_CHECKING:
     from pipeline.extract.extractor import ExtractResult
+    from pipeline.probe.config import ProbeConfig
 
 
 @contextlib.contextmanager
@@ -59,7 +60,8 @@ def time_limit(seconds: float, what: str) -> Iterator[None]:
 
 
 def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetStore, device: str,
-                    force: bool = False, keep_checkpoints: bool = False, timeout_s: float = 0.0) -> ExtractResult:
+                    force: bool = False, keep_checkpoints: bool = False, timeout_s: float = 0.0,
+                    probe: ProbeConfig | None = None) -> ExtractResult:
     """The per-model unit every backend runs after the download: extract, then free the cache.
 
     Architecture code that exits or hangs fails this model only (ArchitectureBuildError,
@@ -75,7 +77,7 @@ def extract_fetched(entry: ZooEntry, fetched: FetchedCheckpoint, store: DatasetS
     force = force or row_out_of_date(entry, fetched, store, records)
     try:
         with time_limit(timeout_s, entry.model_id):
-            result = extract_model(request, store, device=device, force=force, progress=False)
+            result = extract_model(request, store, device=device, force=force, progress=False, probe=probe)
     except SystemExit as exc:  # e.g. a zoo's module:factory that calls sys.exit
         raise ArchitectureBuildError(f"{entry.model_id}: the architecture code exited (exit code {exc.code!r})") \
             from None
@@ -134,4 +136,4 @@ class BuildSteps:
     fetch: Callable[..., FetchedCheckpoint] = fetch_entry
     """``fetch(entry, cache_dir, mirror, policy, on_bytes=None) -> FetchedCheckpoint``"""
     extract: Callable[..., ExtractResult] = extract_fetched
-    """``extract(entry, fetched, store, device, force, keep_checkpoints, timeout_s) -> ExtractResult``"""
+    """``extract(entry, fetched, store, device, force, keep_checkpoints, timeout_s, probe) -> ExtractResult``"""

@@ -60,7 +60,16 @@ def build_zoo(zoo: str | Sequence[ZooEntry], out: str, *, backend: str = "ray", 
     require_consent(entries, config.trust_zoo_code)  # before anything downloads or runs
     store = DatasetStore(out)
     started = time.perf_counter()
-    todo, skipped = plan(entries, store, config.force, mirror=config.mirror)
+    if config.probe is not None:
+        from pipeline.build.transfer_prep import with_reference
+
+        config.probe = with_reference(config.probe, entries)
+    probe_key = config.probe.key() if config.probe is not None else None
+    todo, skipped = plan(entries, store, config.force, mirror=config.mirror, probe_key=probe_key)
+    if config.probe is not None and todo:
+        from pipeline.build.transfer_prep import prepare_transfer  # torch: only for probe runs
+
+        config.probe = prepare_transfer(entries, config, store, steps or BuildSteps())
     log.info("%d models: %d to process, %d already complete", len(entries), len(todo), len(skipped))
     updated = update_skipped_rows(store, skipped)
     bar = BuildProgress(len(todo), enabled=progress)

@@ -112,6 +112,8 @@ class BoundModel:
     traced: TraceResult
     report: BindReport
     input_shape: tuple[int, ...]
+    model: nn.Module | None = None
+    """The bound model itself (on the trace's device), for stages that run it (the probe)."""
 
 
 def bind_and_trace(spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]], raw_members: Sequence[object],
@@ -161,7 +163,7 @@ def _bind_and_trace(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapp
     assign_members(model, traced.convs, member_submodules(model, spec, len(state_dicts)))
     for conv in traced.convs:
         conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
-    return BoundModel(traced, report, shape)
+    return BoundModel(traced, report, shape, model)
 
 
 def assign_members(model: nn.Module, convs: Sequence[ConvWeight], submodules: Sequence[Sequence[str]]) -> None:

@@ -6,6 +6,7 @@ import argparse
 
 from pipeline.build.config import BuildConfig
 from pipeline.cli.defaults import defaults_of
+from pipeline.cli.probe_options import add_probe_options, check_probe_data, probe_config_of
 from pipeline.errors import ConfigError
 
 BUILD = defaults_of(BuildConfig)
@@ -85,6 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-zoo-code", action="store_true",
                    help="run the Python code that zoo entries name as module:factory architectures (refused "
                         "otherwise; or allow modules with FILTERLENS_TRUSTED_MODULES=a,b)")
+    add_probe_options(p, flag=True)
     p.add_argument("--force", action="store_true", help="redo models that are already complete")
     p.add_argument("--allow-failures", action="store_true", help="exit 0 even when some models failed")
     p.add_argument("--dry-run", action="store_true", help="list what would be processed and skipped, do nothing")
@@ -116,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.extractors is not None and args.extractors < 1:
         raise ConfigError("--extractors must be at least 1")
+    probe = probe_config_of(args)
+    if probe is not None:
+        check_probe_data(probe)
     options = {k: v for k, v in {
         "address": args.address, "extractors": args.extractors, "max_downloads": args.max_downloads,
         "mirror": args.mirror, "cache_dir": args.cache_dir, "cache_max_gb": args.cache_max_gb,
@@ -124,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         "rate_window_s": args.rate_window, "download_deadline_s": args.download_deadline,
         "drive_downloads": args.drive_downloads,
         "stall_timeout_s": args.stall_timeout, "extract_timeout_s": args.extract_timeout,
-        "trust_zoo_code": args.trust_zoo_code}.items() if v is not None}
+        "trust_zoo_code": args.trust_zoo_code, "probe": probe}.items() if v is not None}
     summary = build_zoo(args.zoo, args.out, backend=args.backend, device=args.device, force=args.force,
                         progress=not args.no_progress, model_info=args.model_info, datasets=args.datasets,
                         threat_models=args.threat_models, models=models, limit=args.limit,

@@ -104,12 +104,31 @@ def request_from_args(args: argparse.Namespace) -> ModelRequest:
     )
 
 
+def check_input_shape(request: ModelRequest) -> None:
+    """A usage error (exit 2, nothing written) when the forward pass cannot know the dummy input's size.
+
+    timm models carry their input size and ``module:factory`` models may (only building them tells);
+    torchvision models never do, so they need a known --dataset or --input-shape.
+    """
+    from pipeline.checkpoints.arch_spec import parse_arch_spec
+    from pipeline.checkpoints.architectures import DATASET_INPUT_SHAPES
+
+    if not request.arch or request.input_shape or all(p.lower().endswith(".onnx") for p in request.checkpoints):
+        return
+    spec = parse_arch_spec(request.arch)
+    if spec.kind == "torchvision" and request.dataset.lower() not in DATASET_INPUT_SHAPES:
+        raise ConfigError(f"--arch {request.arch}: cannot tell the input size of the forward pass for dataset "
+                          f"{request.dataset!r}; pass --dataset ({', '.join(sorted(DATASET_INPUT_SHAPES))}) "
+                          "or --input-shape CxHxW (e.g. 3x224x224)")
+
+
 def run(args: argparse.Namespace) -> int:
     from pipeline.dataset.layout import utcnow
     from pipeline.dataset.store import DatasetStore
     from pipeline.extract.extractor import run_one
 
     request = request_from_args(args)
+    check_input_shape(request)
     store = DatasetStore(args.out)
     result = run_one(request, store, device=args.device, force=args.force)
     if not result.skipped or result.updated:

@@ -23,14 +23,16 @@ from pipeline.errors import FilterlensError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 130
 
-COMMANDS = ("build", "demo", "extract", "info", "publish", "sql", "stats", "train", "vacuum", "zoo")
+COMMANDS = ("build", "demo", "extract", "import_cmd", "info", "probe", "publish", "sql", "stats", "train", "vacuum", "zoo")
 """Subcommand modules, in the order ``--help`` lists them."""
+MODULE_OF_COMMAND = {"import": "import_cmd"}
+"""Commands whose module is named otherwise (``import`` is a Python keyword)."""
 
 EXTRA_OF_MODULE = {
     **dict.fromkeys(("torch", "torchvision", "timm", "onnx", "safetensors", "robustbench", "autoattack",
                      "requests"), "build"),
     **dict.fromkeys(("scipy", "matplotlib", "numba"), "stats"),
-    "ray": "build", "s3fs": "s3", "datasets": "hub",
+    "ray": "build", "s3fs": "s3", "datasets": "hub", "h5py": "import", "tables": "import",
 }
 """Optional modules and the pyproject extra that installs each (README, "Install")."""
 EXIT_MISSING_EXTRA = 2
@@ -71,13 +73,14 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         for category in (FutureWarning, DeprecationWarning):
             warnings.filterwarnings("ignore", category=category)
     logging.basicConfig(level=level, stream=sys.stderr, format="filterlens %(levelname)s: %(message)s", force=True)
-    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL", "httpx", "httpx2", "huggingface_hub"):
+    for noisy in ("urllib3", "filelock", "fsspec", "matplotlib", "PIL", "httpx", "httpx2", "huggingface_hub", "numexpr"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     named = next((a for a in argv if not a.startswith("-")), None)
+    named = MODULE_OF_COMMAND.get(named, named)
     parser = build_parser([named] if named in COMMANDS else COMMANDS)
     args = parser.parse_args(argv)
     args.argv = argv  # the command line as given, for commands that forward it (build --address http://...)

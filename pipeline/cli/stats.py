@@ -16,11 +16,14 @@ Compute the robustness statistics of Gavrikov & Keuper (CVPR-W 2022) over a filt
 dataset (or a selection of it) and write REPORT_DIR/report.md, report.html (figures
 embedded), figures/*.png and every table as tables/*.parquet and tables/*.csv.
 
+  headline          per dataset and metric: direction, Cliff's delta and mean difference with
+                    bootstrap intervals, significant buckets, verdict (the report's first table)
   depth profile     sparsity, variance entropy, orthogonality per model and depth bucket
                     (first conv alone, deciles of conv_depth_norm); robust vs normal per dataset
-  pairing           robust models with normal models of the same architecture and dataset
-                    (or --pairs CSV with columns Robust, Normal[, Arch, Dataset], or --pairs paper:
-                    the paper's pairings, shipped with filterlens); unpaired listed
+  pairing           robust models with normal models of the same architecture and dataset, and
+                    of the same seed where the models record one, as the demo pairs (or --pairs
+                    CSV with columns Robust, Normal[, Arch, Dataset], or --pairs paper: the
+                    paper's pairings, shipped with filterlens); unpaired listed
   PCA basis         from the per-layer sufficient statistics; all / robust / normal
   distribution shift  symmetric KL of 70-bin coefficient histograms, weighted by explained variance,
                     per dataset, overall and per bucket (two parallel scans of the filters)
@@ -58,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: left out of both pools)")
     p.add_argument("--pairs", metavar="CSV|paper",
                    help="robust/normal pairs (columns Robust, Normal[, Arch, Dataset]) instead of pairing by "
-                        "architecture and dataset; 'paper': the paper's 71 pairings, shipped with filterlens")
+                        "architecture, dataset and seed; 'paper': the paper's 71 pairings, shipped with filterlens")
     p.add_argument("--kl-groups", choices=("pairs", "all"), default=STATS.kl_groups,
                    help="distribution shift between the paired models, each counted once per pair (the paper, "
                         "default), or between all robust and all normal models")

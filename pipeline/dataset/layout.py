@@ -1,11 +1,21 @@
 """Where a filter dataset keeps its files, and how they are encoded (docs/design.md, "Layout").
 
     <root>/models/part-<slug>.parquet                            one row per model (the commit marker)
-    <root>/layers/dataset=<d>/model=<slug>/part-<write_id>.parquet
-    <root>/filters/dataset=<d>/model=<slug>/part-<write_id>-<k>.parquet
+    <root>/layers/<d>/<slug>/part-<write_id>.parquet
+    <root>/filters/<d>/<slug>/part-<write_id>-<k>.parquet
+    <root>/probes/<d>/<slug>/part-<probe_write_id>.parquet       (probed models only)
     <root>/failures/part-<slug>.parquet
     <root>/_manifest.json                                        derived from _builds/
     <root>/_builds/<time>-<id>.json                              one record per build
+
+``<d>`` is ``slugify(dataset)``. The folder names are deliberately not Hive-style
+(``key=value``): every file carries ``dataset`` and ``model`` as real string columns
+with the exact values, and readers that infer partitions from ``key=value`` folders
+(pandas, pyarrow, Polars, DuckDB) would add the folder's type and value on top of
+them (a dictionary type that does not merge with the files' strings, a slug that
+differs from the value for odd names). Models written before this layout live in
+``layers/dataset=<d>/model=<slug>/``: the ``write_id`` tells them apart
+(``hive_layout``), so old datasets keep reading.
 
 Pure naming: no I/O here. The store (``dataset/store.py``) reads and writes these
 paths; publishing (``publish/``) stages the same tree.
@@ -34,8 +44,8 @@ MANIFEST = "_manifest.json"
 BUILDS = "_builds"
 """One JSON record per build or extract (never rewritten): the manifest is derived from them."""
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
-DATA_TABLES = ("layers", "filters")
-"""Tables partitioned by dataset and model, one version of files per committed write_id."""
+DATA_TABLES = ("layers", "filters", "probes")
+"""Tables partitioned by dataset and model, one version of files per committed write_id (probe_write_id)."""
 ROW_TABLES = ("models", "failures")
 """Tables with one small file per model."""
 
@@ -43,7 +53,7 @@ CONSTANT_COLUMNS = ("model_id", "dataset", "model")
 """filters columns that hold one value per model: written from dictionary arrays (no per-row strings)."""
 
 STORED_COLUMNS = ["model_id", "dataset", "model", "write_id", "n_filter_files", "checkpoint_sha256",
-                  "schema_version", "source_uri"]
+                  "schema_version", "source_uri", "probe_write_id", "probe_config"]
 """The models columns that say where a committed model's files are (see ``StoredModel``)."""
 
 
@@ -76,8 +86,16 @@ def utcnow() -> dt.datetime:
 
 
 def new_write_id() -> str:
-    """A fresh, time-ordered id for one write of a model's files."""
-    return f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    """A fresh, time-ordered id for one write of a model's files (its ``Z`` marks the flat layout)."""
+    return f"{utcnow():%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:8]}"
+
+
+_FLAT_WRITE_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{8}")
+
+
+def hive_layout(write_id: str) -> bool:
+    """Whether a write's files are in the old ``dataset=<d>/model=<slug>`` folders (write ids without the ``Z``)."""
+    return _FLAT_WRITE_ID.fullmatch(write_id) is None
 
 
 @dataclass
@@ -92,13 +110,19 @@ class StoredModel:
     checkpoint_sha256: str
     schema_version: int
     source_uri: str | None = None
+    probe_write_id: str | None = None
+    """The committed probes file (None: never probed)."""
+    probe_config: str | None = None
+    """Digest of the settings of the committed probe (``ProbeConfig.key``)."""
 
 
 def stored_models_of(models: pa.Table) -> dict[str, StoredModel]:
-    """The ``StoredModel`` of each row of a models table, by model_id."""
-    rows = models.select(STORED_COLUMNS).to_pylist()
+    """The ``StoredModel`` of each row of a models table, by model_id (rows without probe columns: not probed)."""
+    names = [c for c in STORED_COLUMNS if c in models.column_names]
+    rows = models.select(names).to_pylist()
     return {r["model_id"]: StoredModel(r["model_id"], r["dataset"], r["model"], r["write_id"], r["n_filter_files"],
-                                       r["checkpoint_sha256"], r["schema_version"], r["source_uri"]) for r in rows}
+                                       r["checkpoint_sha256"], r["schema_version"], r["source_uri"],
+                                       r.get("probe_write_id"), r.get("probe_config")) for r in rows}
 
 
 class DatasetPaths:
@@ -116,14 +140,30 @@ class DatasetPaths:
     def failure_path(self, slug: str) -> str:
         return self.path("failures", f"part-{slug}.parquet")
 
-    def partition_dir(self, table: str, dataset: str, slug: str) -> str:
-        return self.path(table, f"dataset={slugify(dataset)}", f"model={slug}")
+    def partition_dir(self, table: str, dataset: str, slug: str, write_id: str | None = None) -> str:
+        """The folder of a model's files: ``<table>/<d>/<slug>``, or the old Hive folders for an old ``write_id``."""
+        if write_id is not None and hive_layout(write_id):
+            return self.path(table, f"dataset={slugify(dataset)}", f"model={slug}")
+        return self.path(table, slugify(dataset), slug)
+
+    def partition_dirs(self, table: str, dataset: str, slug: str) -> list[str]:
+        """Every folder that may hold a model's files (this layout's and the old Hive one)."""
+        return [self.path(table, slugify(dataset), slug), self.path(table, f"dataset={slugify(dataset)}", f"model={slug}")]
 
     def layer_file_for(self, dataset: str, slug: str, write_id: str) -> str:
-        return f"{self.partition_dir('layers', dataset, slug)}/part-{write_id}.parquet"
+        return f"{self.partition_dir('layers', dataset, slug, write_id)}/part-{write_id}.parquet"
 
     def filter_file_for(self, dataset: str, slug: str, write_id: str, k: int) -> str:
-        return f"{self.partition_dir('filters', dataset, slug)}/part-{write_id}-{k}.parquet"
+        return f"{self.partition_dir('filters', dataset, slug, write_id)}/part-{write_id}-{k}.parquet"
+
+    def probe_file_for(self, dataset: str, slug: str, probe_write_id: str) -> str:
+        return f"{self.partition_dir('probes', dataset, slug)}/part-{probe_write_id}.parquet"
+
+    def probe_files(self, model: StoredModel) -> list[str]:
+        """The committed probes file of a model ([] when it was never probed)."""
+        if not model.probe_write_id:
+            return []
+        return [self.probe_file_for(model.dataset, model.slug, model.probe_write_id)]
 
     def layer_file(self, model: StoredModel) -> str:
         return self.layer_file_for(model.dataset, model.slug, model.write_id)
@@ -132,8 +172,8 @@ class DatasetPaths:
         return [self.filter_file_for(model.dataset, model.slug, model.write_id, k) for k in range(model.n_filter_files)]
 
     def model_files(self, model: StoredModel) -> list[str]:
-        """The layers file and filters files of a committed model version."""
-        return [self.layer_file(model), *self.filter_files(model)]
+        """The layers file, filters files and probes file (if probed) of a committed model version."""
+        return [self.layer_file(model), *self.filter_files(model), *self.probe_files(model)]
 
     def relative(self, path: str) -> str:
         """``path`` relative to the root (as in a published repo)."""

@@ -5,18 +5,35 @@ Records are never rewritten, so concurrent builds never lose each other's
 each one is added; a concurrent refresh may miss a record written at the same
 moment, but ``read_manifest`` always derives afresh. Datasets from before the
 records have their manifest's builds imported once.
+
+With the manifest, the root gets a ``README.md`` card whose YAML ``configs`` name each
+table's files, as a published repo's card does (``publish/card.py`` uses the same
+``data_configs``): ``datasets.load_dataset(<root>, "layers")`` then reads a local root
+as it reads the Hub repo.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pyarrow.fs as pafs
+import yaml
 
 from pipeline import __version__
 from pipeline.atomic_write import write_bytes_atomic
 from pipeline.dataset.layout import BUILDS, MANIFEST, DatasetPaths, new_write_id, utcnow
 from pipeline.dataset.schema import schema_version
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+"""The dataset card at the root (a local root's short one; a published repo's is ``publish/card.py``'s)."""
+DATA_FILES = {"models": "models/*.parquet", "layers": "layers/**/*.parquet", "filters": "filters/**/*.parquet",
+              "failures": "failures/*.parquet"}
+"""Each table's files as ``datasets`` config globs (relative to the root)."""
+CARD_TAG = "filterlens"
+"""In the card's YAML ``tags``: a card filterlens generated (and may rewrite)."""
 
 
 def _record_files(fs: pafs.FileSystem, paths: DatasetPaths) -> list[pafs.FileInfo]:
@@ -63,7 +80,72 @@ def record_build(fs: pafs.FileSystem, paths: DatasetPaths, build: dict | None = 
     write_bytes_atomic(paths.path(BUILDS, name), json.dumps(record, default=str).encode(), fs)
     manifest = derive_manifest(build_records(fs, paths))
     write_bytes_atomic(paths.path(MANIFEST), json.dumps(manifest, indent=2, default=str).encode(), fs)
+    write_local_card(fs, paths, manifest)
     return manifest
+
+
+def data_configs(tables: tuple[str, ...]) -> list[dict]:
+    """The card's ``configs``: one per table, its files as globs; ``models`` is the default."""
+    configs = []
+    for table in tables:
+        config: dict = {"config_name": table, "data_files": [{"split": "train", "path": DATA_FILES[table]}]}
+        if table == "models":
+            config["default"] = True
+        configs.append(config)
+    return configs
+
+
+def local_card(manifest: dict) -> str:
+    """The README.md of a local (unpublished) root: the ``configs`` a published card has, and a few lines."""
+    header = yaml.safe_dump({"pretty_name": "filterlens filter dataset", "tags": [CARD_TAG],
+                             "configs": data_configs(("models", "layers", "filters", "failures"))},
+                            sort_keys=False, width=1000)
+    return "\n".join([
+        "---", header.rstrip("\n"), "---", "",
+        "# filterlens filter dataset", "",
+        f"Dataset version {manifest.get('dataset_version')} (schema version {manifest.get('schema_version')}), "
+        f"written by filterlens {manifest.get('pipeline_version')}, updated {manifest.get('updated_at')}. "
+        "This card is generated and rewritten with every build: edits are lost.", "",
+        "Tables (filterlens' `schemas/` lists every column): `models` (one row per model), `layers` (one row per "
+        "conv layer), `filters` (one row per 3x3 filter), `failures` (models whose latest attempt failed).", "",
+        "```python",
+        "import pipeline",
+        "ds = pipeline.open_dataset(\"<this folder>\")   # committed models only",
+        "from datasets import load_dataset",
+        "layers = load_dataset(\"<this folder>\", \"layers\", split=\"train\")",
+        "```", "",
+        "Readers that glob the folders (`datasets`, `pandas.read_parquet`, DuckDB, Polars) also see replaced "
+        "versions and leftovers of crashed writes until `filterlens vacuum` removes them; `open_dataset`, "
+        "`filterlens sql` and a published copy hold exactly the committed models.", "",
+    ])
+
+
+def _generated_card(text: str) -> bool:
+    """Whether a README.md is a card filterlens wrote (its YAML tags name filterlens)."""
+    if not text.startswith("---\n"):
+        return False
+    try:
+        meta = yaml.safe_load(text[4:].split("\n---", 1)[0]) or {}
+    except yaml.YAMLError:
+        return False
+    return isinstance(meta, dict) and CARD_TAG in (meta.get("tags") or [])
+
+
+def write_local_card(fs: pafs.FileSystem, paths: DatasetPaths, manifest: dict) -> None:
+    """Write the root's README.md card, unless the root holds a README.md filterlens did not write."""
+    path = paths.path(CARD)
+    try:
+        with fs.open_input_stream(path) as f:
+            existing = f.read().decode(errors="replace")
+    except (FileNotFoundError, OSError):
+        existing = None
+    if existing is not None and not _generated_card(existing):
+        log.info("%s: a README.md filterlens did not write is kept (datasets.load_dataset needs the configs "
+                 "of a generated card)", path)
+        return
+    card = local_card(manifest)
+    if card != existing:
+        write_bytes_atomic(path, card.encode(), fs)
 
 
 def _import_legacy_builds(fs: pafs.FileSystem, paths: DatasetPaths) -> None:

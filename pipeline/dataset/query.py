@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import pyarrow as pa
 
-from pipeline.dataset.layout import StoredModel
+from pipeline.dataset.layout import DATA_TABLES, StoredModel
 from pipeline.dataset.sandbox import LockedConnection, check_expression, check_read_only
 from pipeline.dataset.schema import TABLES, arrow_schema, schema_version
 from pipeline.dataset.store import DatasetStore
@@ -63,7 +63,7 @@ def empty_select(table: str) -> str:
 
 
 class FilterDataset:
-    """A filter dataset opened for reading: DuckDB views ``models``, ``layers``, ``filters``, ``failures``."""
+    """A filter dataset opened for reading: DuckDB views ``models``, ``layers``, ``filters``, ``probes``, ``failures``."""
 
     def __init__(self, root: str, store: DatasetStore | None = None, threads: int | None = None) -> None:
         self.store = store or DatasetStore(root)
@@ -93,8 +93,8 @@ class FilterDataset:
         return con
 
     def files(self, table: str) -> list[str]:
-        """The files behind a table: for layers/filters exactly the snapshot's versions; the row files otherwise."""
-        if table in ("layers", "filters"):
+        """The files behind a table: for layers/filters/probes exactly the snapshot's versions; the row files otherwise."""
+        if table in DATA_TABLES:
             return self.store.committed_files(table, self.snapshot.stored.values())
         return self.snapshot.row_files[table]
 
@@ -137,7 +137,7 @@ class FilterDataset:
         if self._sandbox is None:
             locked = LockedConnection(self.threads)
             self._create_views(locked.con)
-            readable = [f for t in ("layers", "filters") for f in self.files(t)] if self.store.local else []
+            readable = [f for t in DATA_TABLES for f in self.files(t)] if self.store.local else []
             locked.lock(readable)
             self._sandbox = locked
         return self._sandbox.con
@@ -193,6 +193,10 @@ class FilterDataset:
     @property
     def filters(self) -> pl.LazyFrame:
         return self.lazy("filters")
+
+    @property
+    def probes(self) -> pl.LazyFrame:
+        return self.lazy("probes")
 
     def close(self) -> None:
         if "con" in self.__dict__:

@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.errors import SchemaMismatchError
 
-TABLES = ("models", "layers", "filters", "failures")
+TABLES = ("models", "layers", "filters", "failures", "probes")
 
 _PRIMITIVES: dict[str, pa.DataType] = {
     "string": pa.string(),

@@ -32,7 +32,6 @@ from pipeline.dataset.layout import (
     DATA_TABLES,
     MANIFEST,
     ROW_TABLES,
-    STORED_COLUMNS,
     DatasetPaths,
     StoredModel,
     slugify,
@@ -197,7 +196,7 @@ class DatasetStore(DatasetPaths):
         """One committed model, read from its own row file (no scan of the whole models table)."""
         path = self.model_row_path(slugify(model_id))
         try:
-            table = self.read_parquet(path, columns=STORED_COLUMNS)
+            table = self.read_parquet(path)
         except (FileNotFoundError, OSError, pa.ArrowInvalid):
             if self.file_exists(path):
                 raise
@@ -227,7 +226,7 @@ class DatasetStore(DatasetPaths):
 
     def incomplete_models(self, models: Iterable[StoredModel]) -> list[str]:
         """The model_ids among ``models`` with a layers or filters file missing (one listing)."""
-        present = self.data_files("layers") | self.data_files("filters")
+        present = set().union(*(self.data_files(t) for t in DATA_TABLES))
         return [m.model_id for m in models if not all(p in present for p in self.model_files(m))]
 
     def complete_models(self) -> dict[str, StoredModel]:
@@ -238,16 +237,18 @@ class DatasetStore(DatasetPaths):
                 if model.schema_version == schema_version() and model_id not in missing}
 
     def committed_files(self, table: str, models: Iterable[StoredModel] | None = None) -> list[str]:
-        """Exactly the files of committed model versions for ``layers`` or ``filters`` (what views read)."""
+        """Exactly the files of committed model versions for ``layers``, ``filters`` or ``probes`` (what views read)."""
         models = self.stored_models().values() if models is None else models
         if table == "layers":
             return [self.layer_file(m) for m in models]
         if table == "filters":
             return [f for m in models for f in self.filter_files(m)]
+        if table == "probes":
+            return [f for m in models for f in self.probe_files(m)]
         raise KeyError(table)
 
     def orphan_files(self) -> list[str]:
-        """Files under layers/ and filters/ that no committed model version refers to."""
+        """Files under layers/, filters/ and probes/ that no committed model version refers to."""
         keep = {p for t in DATA_TABLES for p in self.committed_files(t)}
         return sorted(p for t in DATA_TABLES for p in self.data_files(t) if p not in keep)
 
@@ -296,7 +297,8 @@ class DatasetStore(DatasetPaths):
             return False
         self.delete_file(self.model_row_path(model.slug))
         for table in DATA_TABLES:
-            self.delete_dir(self.partition_dir(table, model.dataset, model.slug))
+            for directory in self.partition_dirs(table, model.dataset, model.slug):  # this layout's and the old one
+                self.delete_dir(directory)
         return True
 
     def prune_dirs(self, directories: Iterable[str]) -> None:

@@ -54,8 +54,8 @@ class ModelWriter:
         self.dataset = dataset
         self.slug = slugify(model_id)
         self.write_id = new_write_id()
-        self.filters_dir = store.partition_dir("filters", dataset, self.slug)
-        self.layers_dir = store.partition_dir("layers", dataset, self.slug)
+        self.filters_dir = store.partition_dir("filters", dataset, self.slug, self.write_id)
+        self.layers_dir = store.partition_dir("layers", dataset, self.slug, self.write_id)
         self._buffer = _FilterBuffer()
         self._writer: pq.ParquetWriter | None = None
         self._file_rows = 0
@@ -170,9 +170,11 @@ class ModelWriter:
         for path in self._files:
             self.store.delete_file(path)
         self.store.delete_file(self.store.layer_file_for(self.dataset, self.slug, self.write_id))
+        self.store.delete_file(self.store.probe_file_for(self.dataset, self.slug, self.write_id))
 
-    def commit(self, layers: pa.Table, model_row: dict) -> StoredModel:
-        """Write the layers file, check this write's files are all there, then write the models row (the commit).
+    def commit(self, layers: pa.Table, model_row: dict, probes: pa.Table | None = None) -> StoredModel:
+        """Write the layers file (and the probes file), check this write's files are all there, then write the
+        models row (the commit).
 
         Nothing is deleted: the previous version's files stay readable for readers
         that opened before this commit, until ``filterlens vacuum`` removes them.
@@ -180,12 +182,20 @@ class ModelWriter:
         """
         try:
             self.finish_filters()
+            own = list(self._files)
+            probe_fields: dict = {"probe_write_id": None, "probe_config": None}
+            if probes is not None and probes.num_rows:
+                probes_path = self.store.probe_file_for(self.dataset, self.slug, self.write_id)
+                self.store.write_table(probes, probes_path)
+                own.append(probes_path)
+                probe_fields = {"probe_write_id": self.write_id,
+                                "probe_config": probes.column("probe_config")[0].as_py()}
             layers_path = self.store.layer_file_for(self.dataset, self.slug, self.write_id)
             self.store.write_table(layers, layers_path, row_group_size=1 << 20)
-            self._check_own_files([layers_path, *self._files])
+            self._check_own_files([layers_path, *own])
             row = {**model_row, "model_id": self.model_id, "dataset": self.dataset, "model": self.slug,
                    "write_id": self.write_id, "n_filter_files": len(self._files), "n_filters": self.n_filters,
-                   "schema_version": schema_version(), "pipeline_version": __version__}
+                   "schema_version": schema_version(), "pipeline_version": __version__, **probe_fields}
             row.setdefault("extracted_at", utcnow())
             table = to_table("models", {k: [v] for k, v in row.items()})
             self.store.write_table(table, self.store.model_row_path(self.slug))
@@ -195,7 +205,8 @@ class ModelWriter:
         self._closed = True
         self.store.clear_failure(self.slug)
         return StoredModel(self.model_id, self.dataset, self.slug, self.write_id, len(self._files),
-                           row["checkpoint_sha256"], schema_version())
+                           row["checkpoint_sha256"], schema_version(), row.get("source_uri"),
+                           probe_fields["probe_write_id"], probe_fields["probe_config"])
 
     def _check_own_files(self, paths: list[str]) -> None:
         """Refuse to commit a row whose files are gone (removed by a vacuum with a very short retention)."""

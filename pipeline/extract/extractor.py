@@ -30,13 +30,16 @@ from pipeline.checkpoints.load import (
 )
 from pipeline.checkpoints.trace import bind_and_trace
 from pipeline.dataset.layout import filters_write_schema, slugify
+from pipeline.dataset.probe_rows import commit_probes
 from pipeline.dataset.schema import arrow_schema, to_table
 from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import sha256_of_files
-from pipeline.errors import ConfigError, NoConvWeightsError
+from pipeline.errors import ConfigError, NoConvWeightsError, ProbeError, ProbeUnavailableError
 from pipeline.extract.metrics import layer_metrics, weight_statistics
+from pipeline.extract.probe_stage import needs_probe, probe_ordered
 from pipeline.extract.row_update import update_row
+from pipeline.probe.config import ProbeConfig
 from pipeline.zoo.spec import ModelRequest
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,10 @@ class ExtractResult:
     device: str = "cpu"
     updated: list[str] | None = None
     """For a skipped model: the row fields rewritten with new metadata."""
+    probed: bool = False
+    """Whether probe rows were committed for the model by this call."""
+    probe_failure: dict | None = None
+    """The failures row of a probe that failed (the extraction itself is committed)."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -83,6 +90,8 @@ class OrderedConvs:
     n_params_unused: int | None
     input_shape: tuple[int, ...] | None
     bind_report: BindReport | None
+    model: torch.nn.Module | None = None
+    """The bound model (forward order only): what the probe runs."""
 
 
 def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch.device) -> OrderedConvs:
@@ -101,7 +110,7 @@ def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch
                            input_shape=request.input_shape, num_classes=num_classes)
     traced = bound.traced
     return OrderedConvs(traced.convs, "forward", traced.n_params, traced.n_params_unused, bound.input_shape,
-                        bound.report)
+                        bound.report, bound.model)
 
 
 def _warn_transposed(model_id: str, convs: list[ConvWeight]) -> None:
@@ -142,11 +151,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def extract_model(request: ModelRequest, store: DatasetStore, device: str | torch.device = "auto",
-                  force: bool = False, progress: bool = True) -> ExtractResult:
+                  force: bool = False, progress: bool = True, probe: ProbeConfig | None = None) -> ExtractResult:
     """Extract one model into ``store``; skip it when already complete with the same checkpoint digest.
 
     Raises a FilterlensError subclass on bad input; nothing of a failed model is
-    committed, and a previously committed version stays intact.
+    committed, and a previously committed version stays intact. With ``probe``, the
+    bound model is also probed (pipeline/probe/): its rows are committed with the
+    model, or on their own for a complete model not yet probed under these settings;
+    a probe that fails is recorded in failures/ (stage probe) and the extraction kept.
     """
     started = time.perf_counter()
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
@@ -154,9 +166,13 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     if digest and not force and store.is_complete(request.model_id, digest[0]):
         updated = update_row(store, request.model_id, request)
         if updated is not None:  # same bytes: only new metadata, written into the row (or nothing to do)
-            log.info("%s: already complete (sha256 %s)%s", request.model_id, digest[0][:12],
+            log.debug("%s: already complete (sha256 %s)%s", request.model_id, digest[0][:12],  # callers report it
                      f"; updated {', '.join(updated)}" if updated else ", skipping")
-            return ExtractResult(request.model_id, True, digest[0], device=str(torch_device), updated=updated)
+            result = ExtractResult(request.model_id, True, digest[0], device=str(torch_device), updated=updated)
+            stored = store.stored_model(request.model_id)
+            if stored is not None and needs_probe(probe, stored.probe_config):
+                _probe_committed(request, store, probe, torch_device, digest, stored.write_id, result)
+            return result
         log.info("%s: the training dataset or robust flag changed: extracting again", request.model_id)
 
     loaded = load_checkpoint(request.checkpoints, digest=digest)
@@ -165,16 +181,56 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     if not ordered.convs:
         raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")
     writer = ModelWriter(store, request.model_id, request.dataset)
+    probe_error: ProbeError | None = None
     try:
         layers, counts = _write_layers(request, ordered.convs, writer, torch_device, progress, n_members(loaded))
-        writer.commit(layers, _model_row(request, loaded, ordered, counts, torch_device, started))
+        probes = None
+        if probe is not None:
+            try:
+                probes = probe_ordered(request.model_id, request.dataset, ordered.model, ordered.convs,
+                                       ordered.input_shape, store, probe, torch_device)
+            except ProbeError as exc:
+                probe_error = exc
+        writer.commit(layers, _model_row(request, loaded, ordered, counts, torch_device, started), probes=probes)
     except BaseException:
         writer.abort()
         raise
     seconds = time.perf_counter() - started
-    log.info("%s: %d conv layers, %d 3x3 filters in %.2fs on %s", request.model_id, n_conv, writer.n_filters,
+    log.debug("%s: %d conv layers, %d 3x3 filters in %.2fs on %s", request.model_id, n_conv, writer.n_filters,
              seconds, torch_device)
-    return ExtractResult(request.model_id, False, loaded.sha256, n_conv, writer.n_filters, seconds, str(torch_device))
+    result = ExtractResult(request.model_id, False, loaded.sha256, n_conv, writer.n_filters, seconds,
+                           str(torch_device), probed=probe is not None and probe_error is None)
+    if probe_error is not None:
+        result.probe_failure = _record_probe_failure(store, request, probe_error)
+    return result
+
+
+def _probe_committed(request: ModelRequest, store: DatasetStore, probe: ProbeConfig, device: torch.device,
+                     digest: tuple[str, int] | None, write_id: str, result: ExtractResult) -> None:
+    """Probe a model that is already committed and commit only its probe rows (recording a failed probe)."""
+    try:
+        if not request.arch:
+            raise ProbeUnavailableError(f"{request.model_id}: only models with an architecture (--arch, the zoo's "
+                                        f"arch) can be probed")
+        loaded = load_checkpoint(request.checkpoints, digest=digest)
+        ordered = ordered_convs(request, loaded, device)
+        probes = probe_ordered(request.model_id, request.dataset, ordered.model, ordered.convs, ordered.input_shape,
+                               store, probe, device)
+    except ProbeError as exc:
+        result.probe_failure = _record_probe_failure(store, request, exc)
+        return
+    if commit_probes(store, request.model_id, write_id, probes) is None:
+        log.warning("%s: re-extracted by another writer while it was probed: its probe rows were not committed",
+                    request.model_id)
+        return
+    store.clear_failure(slugify(request.model_id))
+    result.probed = True
+
+
+def _record_probe_failure(store: DatasetStore, request: ModelRequest, exc: ProbeError) -> dict:
+    log.error("%s", exc)
+    return store.record_failure(request.model_id, request.dataset,
+                                request.source_uri or " ".join(request.checkpoints), exc)
 
 
 def _known_digest(request: ModelRequest) -> tuple[str, int] | None:
@@ -234,7 +290,7 @@ def _write_layers(request: ModelRequest, convs: list[ConvWeight], writer: ModelW
     counts = _LayerCounts()
     for (index, n_conv), conv in zip(member_positions(convs), tqdm(
             convs, desc=request.model_id, unit="layer", leave=False, disable=None if progress else True), strict=True):
-        row, batch = _layer(request, slug, index, n_conv, conv, device)
+        row, batch = layer_row(request, slug, index, n_conv, conv, device)
         row["member_robust"] = request.robust and conv.member not in non_robust
         layer_rows.append(row)
         if batch is not None:
@@ -281,9 +337,9 @@ def _model_row(request: ModelRequest, loaded: LoadedCheckpoint, ordered: Ordered
     }
 
 
-def _layer(request: ModelRequest, slug: str, index: int, n_conv: int, conv: ConvWeight,
-           device: torch.device) -> tuple[dict, pa.RecordBatch | None]:
-    """One layers-table row, and the layer's filter rows when it is 3x3."""
+def layer_row(request: ModelRequest, slug: str, index: int, n_conv: int, conv: ConvWeight,
+              device: torch.device) -> tuple[dict, pa.RecordBatch | None]:
+    """One layers-table row, and the layer's filter rows when it is 3x3 (also used by pipeline/filterdb/)."""
     weight = conv.weight
     c_out, c_in_group, kh, kw = (int(x) for x in weight.shape)
     row = {

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from pipeline.dataset.manifest import CARD, DATA_FILES, data_configs
 from pipeline.dataset.schema import table_schema
 from pipeline.publish.licenses import SOURCE_NOTES, model_license, model_source
 
-CARD = "README.md"
-"""The card's path in the repo."""
+__all__ = ["CARD", "DATA_FILES", "CardInputs", "card_metadata", "render_card", "size_category"]
+
 PUBLISHED_TABLES = ("models", "layers", "filters")
-DATA_FILES = {"models": "models/*.parquet", "layers": "layers/**/*.parquet", "filters": "filters/**/*.parquet"}
 PRETTY_NAME = "filterlens: 3x3 convolution filters and layer metrics of robust and normal CNNs"
 TAGS = ["adversarial-robustness", "robustness", "convolutional-neural-networks", "convolution-filters",
         "model-weights", "interpretability", "robustbench", "filterlens"]
@@ -95,12 +95,7 @@ def card_metadata(inputs: CardInputs) -> dict:
         license_meta = {"license": licenses.pop()}
     else:
         license_meta = {"license": "other", "license_name": "per-model-licenses"}
-    configs = []
-    for table in PUBLISHED_TABLES:
-        config = {"config_name": table, "data_files": [{"split": "train", "path": DATA_FILES[table]}]}
-        if table == "models":
-            config["default"] = True
-        configs.append(config)
+    configs = data_configs(PUBLISHED_TABLES)  # the same as a local root's card (pipeline/dataset/manifest.py)
     return {
         **license_meta,
         "pretty_name": PRETTY_NAME,
@@ -121,9 +116,10 @@ def _usage(inputs: CardInputs) -> list[str]:
     n_filters = inputs.rows.get("filters", 0)
     return [
         "## Usage", "",
-        "Every file carries its partition values (`dataset`, `model`) as real columns, so no reader needs the",
-        "folder names. Tell readers that auto-detect Hive folders not to (`hive_partitioning=false`): the folder",
-        "names are filesystem-safe slugs and may differ from the exact values in the columns.", "",
+        "Every file carries `dataset` and `model` as real string columns with the exact values. The folders",
+        "(`layers/<dataset>/<model>/`) are filesystem-safe slugs and not Hive-style, so default reads (pandas,",
+        "pyarrow, Polars, DuckDB) see only the columns; `hive_partitioning=false` is needed only for models written",
+        "by older filterlens versions (`dataset=…/model=…` folders, whose slugs may differ from the values).", "",
         "**🤗 datasets**", "",
         "```python",
         "from datasets import load_dataset",
@@ -266,8 +262,8 @@ def _build_section(inputs: CardInputs) -> list[str]:
         "## Layout", "",
         "```",
         "models/part-<model>.parquet                         one row per model",
-        "layers/dataset=<d>/model=<model>/part-*.parquet     one row per conv layer (all kernel sizes; metrics for 3x3)",
-        "filters/dataset=<d>/model=<model>/part-*.parquet    one row per 3x3 filter, w0..w8 exact float32",
+        "layers/<d>/<model>/part-*.parquet                   one row per conv layer (all kernel sizes; metrics for 3x3)",
+        "filters/<d>/<model>/part-*.parquet                  one row per 3x3 filter, w0..w8 exact float32",
         "_manifest.json                                      dataset version, schema version, builds, snapshot",
         "```", "",
         "Only committed model versions are published. Join models to layers on `model_id`, and layers to filters "
@@ -312,7 +308,8 @@ def _limitations_section(inputs: CardInputs) -> list[str]:
         "ones (`weight_dtype`).",
         "- Accuracies and threat-model metadata are copied from the sources (e.g. RobustBench's leaderboard) "
         "and not re-evaluated. Models that failed to extract are not included.",
-        "- Hive folder names (`dataset=…`, `model=…`) are slugs of the values; use the columns, not the folders.",
+        "- Folder names are slugs of the values (`ImageNet 1k` → `ImageNet_1k-<hash>`); use the columns, not the "
+        "folders.",
     ]
     if inputs.excluded:
         lines.append(f"- Not published: {', '.join(inputs.excluded)}.")

@@ -1,5 +1,6 @@
 """Correlations of every metric (per depth bucket and whole model) with clean and robust accuracy, across
-the robust models, per dataset and over all datasets (Spearman with Benjamini-Hochberg q, and Pearson)."""
+the robust models, per dataset and over all datasets when there are several (Spearman with Benjamini-Hochberg
+q, and Pearson)."""
 
 from __future__ import annotations
 
@@ -32,13 +33,14 @@ def _correlate(group: pd.DataFrame, scope: str, bucket: int, label: str, metric:
 
 def correlations(profile: pd.DataFrame, whole: pd.DataFrame, min_models: int) -> pd.DataFrame:
     """Spearman and Pearson correlation of each metric (per bucket and whole model) with the accuracies,
-    across robust models, per dataset and over all datasets."""
+    across robust models, per dataset and (with more than one dataset) over all datasets."""
     frames = [profile.assign(bucket=profile.depth_bucket.map(lambda b: BUCKET_LABELS[int(b)])),
               whole.assign(depth_bucket=-1, bucket="all")]
     data = pd.concat(frames, ignore_index=True)
     data = data[data.robust]
     rows = []
-    for scope in [*sorted(data.dataset.unique()), "all datasets"]:
+    datasets = sorted(data.dataset.unique())
+    for scope in datasets + (["all datasets"] if len(datasets) > 1 else []):
         part = data if scope == "all datasets" else data[data.dataset == scope]
         for (bucket, label), group in part.groupby(["depth_bucket", "bucket"], sort=True):
             rows += [_correlate(group, scope, bucket, label, metric, accuracy, min_models)

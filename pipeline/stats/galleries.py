@@ -31,8 +31,8 @@ class Gallery:
 
 
 def gallery_models(models: pd.DataFrame, pairs: pd.DataFrame, options: StatsOptions) -> list[list[str]]:
-    """Rows of the gallery: the first ``gallery_pairs`` pairs of each dataset (robust, normal), or the
-    --gallery models, one per row."""
+    """Rows of the gallery: up to ``gallery_pairs`` pairs (robust, normal) per dataset, no model shown twice,
+    one pair per architecture before a second of the same; or the --gallery models, one per row."""
     if options.gallery:
         unknown = sorted(set(options.gallery) - set(models.model_id))
         if unknown:
@@ -40,8 +40,23 @@ def gallery_models(models: pd.DataFrame, pairs: pd.DataFrame, options: StatsOpti
         return [[m] for m in options.gallery]
     rows: list[list[str]] = []
     for dataset in sorted(models.dataset.unique()):
-        part = pairs[pairs.dataset == dataset].drop_duplicates("robust_model_id").head(options.gallery_pairs)
-        rows += [[row.robust_model_id, row.normal_model_id] for row in part.itertuples()]
+        candidates = list(pairs[pairs.dataset == dataset].itertuples())
+        chosen: list[list[str]] = []
+        shown: set[str] = set()
+        for new_architecture_only in (True, False):
+            archs = {str(p.architecture).lower() for p in candidates
+                     if [p.robust_model_id, p.normal_model_id] in chosen}
+            for pair in candidates:
+                if len(chosen) >= options.gallery_pairs:
+                    break
+                if pair.robust_model_id in shown or pair.normal_model_id in shown:
+                    continue
+                if new_architecture_only and str(pair.architecture).lower() in archs:
+                    continue
+                chosen.append([pair.robust_model_id, pair.normal_model_id])
+                shown.update(chosen[-1])
+                archs.add(str(pair.architecture).lower())
+        rows += chosen
     return rows
 
 

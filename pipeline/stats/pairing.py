@@ -1,7 +1,11 @@
-"""Robust/normal pairing: automatic by architecture and training dataset, or from a table.
+"""Robust/normal pairing: automatic by architecture, training dataset and seed, or from a table.
 
-Every robust model is paired with every normal model of the same architecture
-(compared case- and whitespace-insensitively) and training dataset; a pairs table
+The one pairing rule of filterlens (``filterlens stats`` and ``filterlens demo`` both call
+``auto_pairs``): a robust model is paired with the normal models of the same architecture
+(compared case- and whitespace-insensitively) and training dataset; when it records a
+training seed (``metadata_json``'s ``"seed"``) and some of those normal models record the
+same seed, only with those (so a zoo trained with several seeds pairs seed by seed, as the
+demo's does: one normal partner per robust model). A pairs table
 (columns Robust, Normal[, Arch, Dataset], like the paper's; ``paper`` is the paper's own,
 shipped with the package) replaces that. Models without a partner, and table rows naming
 models that are not selected, are listed with the reason, never dropped silently.
@@ -10,6 +14,7 @@ models that are not selected, are listed with the reason, never dropped silently
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pandas as pd
@@ -32,33 +37,52 @@ def normalise_arch(name: object) -> str | None:
     return text or None
 
 
+def model_seed(metadata_json: object) -> object:
+    """The training seed a model's ``metadata_json`` records (``"seed"``), or None."""
+    if not isinstance(metadata_json, str) or not metadata_json:
+        return None
+    try:
+        metadata = json.loads(metadata_json)
+    except ValueError:
+        return None
+    return metadata.get("seed") if isinstance(metadata, dict) else None
+
+
 def auto_pairs(models: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Pair every robust model with every normal model of the same architecture and training dataset."""
+    """Pair every robust model with the normal models of the same architecture and training dataset, and of
+    the same seed when both record one (the module's rule); the others are listed with the reason."""
     pairs, unpaired = [], []
     arch = [normalise_arch(a) for a in models.architecture]
-    robust_mask = models.robust.to_numpy(bool)
-    normal_by_key: dict[tuple[str, str], list[str]] = {}
-    for model_id, dataset, key, robust in zip(models.model_id, models.dataset, arch, robust_mask, strict=True):
-        if key is not None and not robust:
-            normal_by_key.setdefault((dataset, key), []).append(model_id)
+    seeds = [model_seed(m) for m in models.metadata_json] if "metadata_json" in models else [None] * len(models)
+    normal_by_key: dict[tuple[str, str], list[tuple[str, object]]] = {}
+    for row, key, seed in zip(models.itertuples(), arch, seeds, strict=True):
+        if key is not None and not row.robust:
+            normal_by_key.setdefault((row.dataset, key), []).append((row.model_id, seed))
     used_normal = set()
-    for row, key in zip(models.itertuples(), arch, strict=True):
+    for row, key, seed in zip(models.itertuples(), arch, seeds, strict=True):
         if not row.robust:
             continue
         if key is None:
             unpaired.append((row.model_id, True, row.architecture, row.dataset, "architecture unknown"))
             continue
-        partners = normal_by_key.get((row.dataset, key), [])
+        candidates = normal_by_key.get((row.dataset, key), [])
+        same_seed = [m for m, s in candidates if seed is not None and s == seed]
+        partners = same_seed or [m for m, _ in candidates]
         if not partners:
             unpaired.append((row.model_id, True, row.architecture, row.dataset,
                              f"no normal {row.architecture} model on {row.dataset} in the selection"))
         for normal in partners:
             pairs.append((row.model_id, normal, row.architecture, row.dataset, "auto"))
             used_normal.add(normal)
+    robust_keys = {(d, k) for d, k, r in zip(models.dataset, arch, models.robust, strict=True) if r and k}
     for row, key in zip(models.itertuples(), arch, strict=True):
         if not row.robust and row.model_id not in used_normal:
-            reason = "architecture unknown" if key is None else \
-                f"no robust {row.architecture} model on {row.dataset} in the selection"
+            if key is None:
+                reason = "architecture unknown"
+            elif (row.dataset, key) in robust_keys:
+                reason = "the robust models of its architecture pair with normal models of their own seed"
+            else:
+                reason = f"no robust {row.architecture} model on {row.dataset} in the selection"
             unpaired.append((row.model_id, False, row.architecture, row.dataset, reason))
     return pd.DataFrame(pairs, columns=PAIR_COLUMNS), pd.DataFrame(unpaired, columns=UNPAIRED_COLUMNS)
 
@@ -116,3 +140,8 @@ def table_pairs(models: pd.DataFrame, table: pd.DataFrame) -> tuple[pd.DataFrame
             unpaired.append((row.model_id, bool(row.robust), row.architecture, row.dataset,
                              "not in the pairs table"))
     return pairs, pd.DataFrame(unpaired, columns=UNPAIRED_COLUMNS)
+
+
+def make_pairs(models: pd.DataFrame, pairs_csv: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The pairs of a run: from the ``--pairs`` table when given, else by the module's rule (``auto_pairs``)."""
+    return table_pairs(models, read_pairs_table(pairs_csv)) if pairs_csv else auto_pairs(models)
