@@ -72,6 +72,8 @@ class DemoConfig:
     force: bool = False
     progress: bool = True
     stats: bool = True
+    probe_images: int = 256
+    """Synthetic probe images per model for the first-stage probe (0: no probe)."""
 
     def plan(self) -> list[TrainConfig]:
         """Every (architecture, normal/adversarial, seed) model of the demo zoo."""
@@ -191,6 +193,39 @@ def paper_directions(dataset: str, model_prefix: str | None = None) -> list[Dire
                     normal_mean=sum(n_vals) / len(n_vals) if n_vals else None,
                     pairs=len(diffs), pairs_agreeing=sum(1 for d in diffs if d * sign > 0), expected=words,
                     verdict=_verdict(diffs, sign)))
+        directions += probe_directions(data, pairs, model_prefix)
+    return directions
+
+
+PROBE_DIRECTION = (-1, "lower (less of the perturbation passed on)")
+"""The paper's second finding: robust models' first conv + ReLU passes on less of a perturbation."""
+
+_PROBE_SQL = """
+SELECT model_id, gain_mean FROM probes
+WHERE stage = 'conv_relu' AND perturbation = $kind AND {where}
+"""
+
+
+def probe_directions(data: FilterDataset, pairs: Sequence[tuple[str, str]], model_prefix: str | None) -> list[Direction]:
+    """The second finding over the demo's pairs: gain of the first conv + ReLU per perturbation (none if unprobed)."""
+    where = "TRUE" if not model_prefix else "starts_with(model_id, $prefix)"
+    sign, words = PROBE_DIRECTION
+    directions = []
+    for kind in ("transfer", "pgd", "random"):
+        params = {"kind": kind, **({"prefix": model_prefix} if model_prefix else {})}
+        gains = dict(data.con.execute(_PROBE_SQL.format(where=where), params).fetchall())
+        if not gains:
+            continue
+        both = [(gains[r], gains[n]) for r, n in pairs if gains.get(r) is not None and gains.get(n) is not None]
+        diffs = [r - n for r, n in both]
+        robust = list({r: gains[r] for r, _ in pairs if gains.get(r) is not None}.values())
+        normal = list({n: gains[n] for _, n in pairs if gains.get(n) is not None}.values())
+        directions.append(Direction(
+            metric=f"gain ({kind})", scope="first conv + ReLU",
+            robust_mean=sum(robust) / len(robust) if robust else None,
+            normal_mean=sum(normal) / len(normal) if normal else None,
+            pairs=len(diffs), pairs_agreeing=sum(1 for d in diffs if d * sign > 0), expected=words,
+            verdict=_verdict(diffs, sign)))
     return directions
 
 
@@ -267,10 +302,15 @@ def run_demo(config: DemoConfig) -> DemoResult:
     stale = prune_dataset(config.dataset_path, {c.model_id for c in plan}, ZOO_NAME)
     if stale:
         log.info("removed %d models no longer in the demo zoo from %s", len(stale), config.dataset_path)
+    probe = None
+    if config.probe_images:
+        from pipeline.probe.config import ProbeConfig
+
+        probe = ProbeConfig(data="synthetic", n_images=config.probe_images, eps=config.eps)
     build = build_zoo(config.zoo_path, config.dataset_path, backend=config.backend, device=config.device,
-                      force=config.force, progress=config.progress, command="demo")
+                      force=config.force, progress=config.progress, command="demo", probe=probe)
     seconds["build"] = time.perf_counter() - t1
-    if build.failed:
+    if build.failed or build.probe_failed:
         raise BuildFailedError(f"the build failed for {build.failed} demo models: {build.text()}")
 
     t2 = time.perf_counter()

@@ -15,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 from conftest import CliResult, save, zoo_model
 
 import pipeline
@@ -29,7 +28,7 @@ ENSEMBLE = "zoo_fixtures:tiny_ensemble"
 
 
 def written_layers(root: Path, model_id: str) -> pa.Table:
-    """The layers file ``extract`` committed for ``model_id`` (exactly as written)."""
+    """The layers file ``extract`` committed for ``model_id`` (exactly as written; both sides on the CPU)."""
     store = DatasetStore(str(root))
     return pq.read_table(store.layer_file(store.stored_model(model_id)))
 
@@ -44,7 +43,7 @@ def test_analyze_a_path_gives_the_numbers_extract_writes(checkpoint: Path, tmp_p
                                                          cli: Callable[..., CliResult]) -> None:
     args = ["--arch", arch] if arch else []
     result = cli("extract", checkpoint, "--out", tmp_path / "ds", "--model-id", "lab/tiny", "--dataset", "cifar10",
-                 "--threat-model", "Linf", *args)
+                 "--threat-model", "Linf", "--device", "cpu", *args)
     assert result.code == 0, result.err
     written = written_layers(tmp_path / "ds", "lab/tiny")
     table = layers_table(checkpoint, arch, "cifar10", model_id="lab/tiny", threat_model="Linf", device="cpu")
@@ -75,7 +74,7 @@ def test_analyze_an_ensemble_counts_depth_per_member(tmp_path: Path, cli: Callab
     members = [m.state_dict() for m in zoo_model(ENSEMBLE, 1).models]
     path = save(members, tmp_path / "ens.pt")  # a one-file ensemble: a list of state dicts
     assert cli("extract", path, "--out", tmp_path / "ds", "--arch", ENSEMBLE, "--model-id", "ens",
-               "--dataset", "cifar10").code == 0
+               "--dataset", "cifar10", "--device", "cpu").code == 0
     written = written_layers(tmp_path / "ds", "ens").to_pandas()
     pd.testing.assert_frame_equal(pipeline.analyze(path, ENSEMBLE, "cifar10", model_id="ens", device="cpu"), written)
     frame = pipeline.analyze(members, ENSEMBLE, "cifar10", model_id="ens", device="cpu")  # in memory

@@ -15,7 +15,7 @@ from pipeline.dataset.store import DatasetStore
 from pipeline.demo import DemoConfig, _verdict, run_demo, stats_available
 
 TINY_DEMO = dict(archs=("tiny_cnn",), seeds=(0, 1), epochs=1, n_train=300, n_test=100, n_eval_robust=50,
-                 eval_steps=2, attack_steps=1, backend="local", device="cpu", progress=False)
+                 eval_steps=2, attack_steps=1, backend="local", device="cpu", progress=False, probe_images=32)
 FILTERS_PER_MODEL = 8 * 3 + 8 * 8 + 16 * 8 + 16 * 16
 
 
@@ -62,7 +62,15 @@ def test_directions_match_an_independent_computation(demo) -> None:
         "variance_entropy": first.variance_entropy, "orthogonality": first.orthogonality,
     })
     measured = {(d.scope, d.metric): d for d in result.directions}
-    assert len(measured) == 9
+    assert len(measured) == 9 + 3  # the paper's 3 metrics x 3 scopes, and the probe's gain per perturbation
+    probes = data.sql("SELECT p.model_id, m.robust, m.metadata_json, p.gain_mean FROM probes p JOIN models m "
+                      "USING (model_id) WHERE p.stage = 'conv_relu' AND p.perturbation = 'transfer'").df()
+    probes["seed"] = [json.loads(m)["seed"] for m in probes.metadata_json]
+    gains_robust = probes[probes.robust].set_index("seed").gain_mean
+    gains_normal = probes[~probes.robust].set_index("seed").gain_mean
+    transfer = measured[("first conv + ReLU", "gain (transfer)")]
+    assert transfer.robust_mean == pytest.approx(gains_robust.mean(), abs=1e-12)
+    assert transfer.verdict == _verdict((gains_robust - gains_normal).tolist(), -1)
     for metric, sign in (("sparsity", -1), ("variance_entropy", 1), ("orthogonality", 1)):
         robust = per_model[per_model.robust].set_index("seed")[metric]
         normal = per_model[~per_model.robust].set_index("seed")[metric]

@@ -114,6 +114,8 @@ class BoundModel:
     input_shape: tuple[int, ...]
     model: nn.Module | None = None
     """The bound model itself (on the trace's device), for stages that run it (the probe)."""
+    bound_weights: list[torch.Tensor] | None = None
+    """Each traced conv's weight as bound, before the trace moved it to its device (for the trace cache)."""
 
 
 def bind_and_trace(spec: ArchSpec, state_dicts: Sequence[Mapping[str, torch.Tensor]], raw_members: Sequence[object],
@@ -159,11 +161,13 @@ def _bind_and_trace(model: nn.Module, spec: ArchSpec, state_dicts: Sequence[Mapp
     if device.type != "meta":
         materialize_meta_tensors(model)
     shape = input_shape or input_shape_for(spec, dataset, model)
+    as_bound = {name: m.weight for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
     traced = trace_convs(model, shape, device)
     assign_members(model, traced.convs, member_submodules(model, spec, len(state_dicts)))
     for conv in traced.convs:
         conv.source_dtype = report.source_dtypes.get(f"{conv.name}.weight")
-    return BoundModel(traced, report, shape, model)
+    bound_weights = [as_bound["" if conv.name == "<root>" else conv.name] for conv in traced.convs]
+    return BoundModel(traced, report, shape, model, bound_weights)
 
 
 def assign_members(model: nn.Module, convs: Sequence[ConvWeight], submodules: Sequence[Sequence[str]]) -> None:

@@ -48,6 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("ray", "local"), default="ray",
                    help="ray (default: a private local Ray instance, one task per model) or local (in-process)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (extraction; training uses a GPU when Ray has one)")
+    p.add_argument("--probe-images", type=int, default=defaults.probe_images,
+                   help=f"synthetic images for the first-stage probe of every model (default {defaults.probe_images}; "
+                        "0: no probe)")
     p.add_argument("--no-stats", action="store_true", help="skip filterlens stats (dataset and directions only)")
     p.add_argument("--force", action="store_true", help="retrain and re-extract everything")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -68,7 +71,8 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
     return DemoConfig(out=args.out, archs=archs, seeds=tuple(range(args.seeds)), epochs=args.epochs,
                       n_train=args.n_train, n_test=args.n_test, n_eval_robust=args.n_eval_robust, eps=args.eps,
                       attack_steps=args.attack_steps, eval_steps=args.eval_steps, backend=args.backend,
-                      device=args.device, force=args.force, progress=not args.no_progress, stats=not args.no_stats)
+                      device=args.device, force=args.force, progress=not args.no_progress, stats=not args.no_stats,
+                      probe_images=args.probe_images)
 
 
 def run(args: argparse.Namespace) -> int:

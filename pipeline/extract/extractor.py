@@ -29,6 +29,7 @@ from pipeline.checkpoints.load import (
     suspected_transposed,
 )
 from pipeline.checkpoints.trace import bind_and_trace
+from pipeline.checkpoints.trace_cache import cached_bind_and_trace
 from pipeline.dataset.layout import filters_write_schema, slugify
 from pipeline.dataset.probe_rows import commit_probes
 from pipeline.dataset.schema import arrow_schema, to_table
@@ -94,8 +95,13 @@ class OrderedConvs:
     """The bound model (forward order only): what the probe runs."""
 
 
-def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch.device) -> OrderedConvs:
-    """The model's 2D convs in execution order (forward pass), ONNX graph order, or state-dict order."""
+def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch.device,
+                  trace_cache: bool = False) -> OrderedConvs:
+    """The model's 2D convs in execution order (forward pass), ONNX graph order, or state-dict order.
+
+    With ``trace_cache`` a forward order may come from pipeline/checkpoints/trace_cache.py, built from
+    nothing: then ``model`` is None, so callers that run the model (the probe) leave it off.
+    """
     if loaded.onnx_convs is not None:
         if request.arch:
             log.warning("%s: --arch is ignored for ONNX checkpoints (the graph gives the order)", request.model_id)
@@ -106,8 +112,9 @@ def ordered_convs(request: ModelRequest, loaded: LoadedCheckpoint, device: torch
         return OrderedConvs(convs, "state_dict", n_params, None, None, None)
     spec: ArchSpec = parse_arch_spec(request.arch)
     num_classes = _num_classes(loaded.state_dicts) if spec.kind in ("timm", "torchvision") else None
-    bound = bind_and_trace(spec, loaded.state_dicts, loaded.raw_members, device, dataset=request.dataset,
-                           input_shape=request.input_shape, num_classes=num_classes)
+    bind = cached_bind_and_trace if trace_cache else bind_and_trace
+    bound = bind(spec, loaded.state_dicts, loaded.raw_members, device, dataset=request.dataset,
+                 input_shape=request.input_shape, num_classes=num_classes)
     traced = bound.traced
     return OrderedConvs(traced.convs, "forward", traced.n_params, traced.n_params_unused, bound.input_shape,
                         bound.report, bound.model)
@@ -176,7 +183,7 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
         log.info("%s: the training dataset or robust flag changed: extracting again", request.model_id)
 
     loaded = load_checkpoint(request.checkpoints, digest=digest)
-    ordered = ordered_convs(request, loaded, torch_device)
+    ordered = ordered_convs(request, loaded, torch_device, trace_cache=probe is None)  # the probe runs the model
     n_conv = len(ordered.convs)
     if not ordered.convs:
         raise NoConvWeightsError(f"{request.model_id}: no 2D convolution ran in the forward pass of {request.arch}")

@@ -175,6 +175,15 @@ def weight_statistics(weight: torch.Tensor) -> tuple[float, float, float]:
     return float(w.abs().max().item()), float(w.mean().item()), float(w.std(correction=0).item())
 
 
+def column_statistics(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum x, sum x x^T) of filters held as columns ``(k, n)`` in float64: the same sums as ``pca_statistics``.
+
+    With the n filters contiguous along each row, the k x k scatter is a product whose inner
+    dimension is contiguous in both operands (BLAS's fastest case: ~2x ``x.T @ x`` on a tall (n, k)).
+    """
+    return columns.sum(dim=1), columns @ columns.T
+
+
 def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> tuple[LayerMetrics, torch.Tensor]:
     """Every metric of one conv layer, plus the per-filter sparse mask (on the weight's device).
 
@@ -183,6 +192,11 @@ def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -
     SVD of the reference up to float64 round-off. Layers with NaN/Inf weights get
     only their counts: their metrics would be meaningless, so they stay null and
     the mask is all False.
+
+    The filters are copied once to float64 as 9 contiguous columns (products of float32
+    values are exact in float64, so only the sums round); the scaled set divides those
+    columns by each filter's max|f|, with sparse filters divided by infinity (exact zeros,
+    which add nothing to the sums) instead of being gathered out.
     """
     filters = flatten_filters(weight)
     n = filters.shape[0]
@@ -194,13 +208,15 @@ def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -
 
     mask = sparse_mask_from_maxima(maxima, threshold)
     n_sparse = int(mask.sum().item())
-    raw = filters.to(torch.float64)
-    maxima64 = maxima.to(torch.float64).unsqueeze(1)
-    scaled = raw / maxima64 if n_sparse == 0 else raw[~mask] / maxima64[~mask]
-    n_nonsparse, pca_sum, pca_scatter = pca_statistics(scaled)
+    columns = torch.empty((filters.shape[1], n), dtype=torch.float64, device=filters.device)
+    columns.copy_(filters.T)  # one pass: transpose and widen
+    maxima64 = maxima.to(torch.float64)
+    divisor = maxima64 if n_sparse == 0 else maxima64.masked_fill(mask, math.inf)
+    pca_sum, pca_scatter = column_statistics(columns / divisor)
+    n_nonsparse = n - n_sparse
     entropy, degenerate = variance_entropy_from_statistics(n_nonsparse, pca_sum, pca_scatter)
-    n_raw, raw_sum, raw_scatter = pca_statistics(raw)
-    entropy_raw, _ = variance_entropy_from_statistics(n_raw, raw_sum, raw_scatter)
+    raw_sum, raw_scatter = column_statistics(columns)
+    entropy_raw, _ = variance_entropy_from_statistics(n, raw_sum, raw_scatter)
     ortho, ortho_degenerate = orthogonality(weight)
     n_weights = n * filters.shape[1]
     mean = raw_sum.sum() / n_weights

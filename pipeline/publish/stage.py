@@ -5,8 +5,8 @@ Orphans of crashed writes and ``failures/`` are left out; the tree is::
     README.md                 the dataset card (pipeline/publish/card.py)
     _manifest.json            versions, builds (no host names or paths), snapshot digest
     models/part-<m>.parquet   one row per model (the model's commit marker, as in the dataset)
-    layers/dataset=<d>/model=<m>/part-<write_id>.parquet
-    filters/dataset=<d>/model=<m>/part-<write_id>-<k>.parquet
+    layers/<d>/<m>/part-<write_id>.parquet           (models written before: dataset=<d>/model=<m>/)
+    filters/<d>/<m>/part-<write_id>-<k>.parquet
 
 The layout is the dataset's own, so the repo is itself a filter dataset (read it
 as ``hf://datasets/ORG/NAME``, or download it and keep building on it). Files

@@ -41,6 +41,7 @@ from pipeline.stats.headline import headline_table
 from pipeline.stats.options import StatsOptions
 from pipeline.stats.pairing import make_pairs
 from pipeline.stats.pca import basis_tables, pca_bases
+from pipeline.stats.probes import compare_probes, probe_findings, probe_rows, with_robust
 from pipeline.stats.profile import BUCKET_LABELS, N_BUCKETS, compare_robust_normal, model_profile
 from pipeline.stats.queries import run_sql
 from pipeline.stats.result import StatsResult
@@ -153,10 +154,13 @@ def compute(dataset: str | FilterDataset, options: StatsOptions | None = None) -
         shift = shift_analysis(ds, models, pairs, bases["all"], options, timings)
         corr = correlations(profile, whole, options.min_correlation_models)
         gallery = galleries(ds, models, gallery_models(models, pairs, options))
+        probes = with_robust(probe_rows(ds.con, models.model_id.tolist()), models)
+        probe_comparison = compare_probes(probes, pairs, options.alpha, options.min_models)
 
     findings = (depth_findings(headline)
                 + shift_findings(models, shift.shift, bases["all"], options, shift.reason)
-                + correlation_findings(models, corr, options))
+                + correlation_findings(models, corr, options)
+                + probe_findings(probe_comparison, probes))
     paired = set(pairs.robust_model_id) | set(pairs.normal_model_id)
     model_table = models.drop(columns=[c for c in ("metadata_json",) if c in models]).assign(
         paired=models.model_id.isin(paired))
@@ -175,6 +179,8 @@ def compute(dataset: str | FilterDataset, options: StatsOptions | None = None) -
         "distribution_shift": shift.shift,
         "coefficient_histograms": shift.histograms,
         "correlations": corr,
+        "probes": probes,
+        "probe_comparison": probe_comparison,
         "findings": pd.DataFrame([vars(f) for f in findings], columns=["analysis", "dataset", "subject", "verdict",
                                                                       "text"]),
     }

@@ -18,6 +18,7 @@ from pipeline.stats.sections_analyses import (
     pca_section,
     shift_section,
 )
+from pipeline.stats.sections_probe import probes_section
 from pipeline.stats.sections_summary import (
     directions_section,
     findings_section,
@@ -31,7 +32,7 @@ SectionBuilder = Callable[[ReportContext], "Section | None"]
 
 SECTIONS: list[SectionBuilder] = [
     headline_section, directions_section, findings_section, selection_section, depth_section, pairing_section,
-    pca_section, shift_section, correlation_section, gallery_section, run_section,
+    pca_section, shift_section, probes_section, correlation_section, gallery_section, run_section,
 ]
 
 
