@@ -194,3 +194,68 @@ def test_cuda_matches_cpu() -> None:
     assert torch.equal(cpu_mask, gpu_mask.cpu())
     for field in ("sparsity", "variance_entropy", "variance_entropy_raw", "orthogonality"):
         assert getattr(gpu, field) == pytest.approx(getattr(cpu, field), abs=1e-9)
+
+
+# --- the blocked CPU formulations (issue 15) against the same reference ----------------------------
+@pytest.mark.parametrize("shape", [(160, 120), (320, 64), (640, 40), (333, 7)])
+def test_wide_and_tall_layers_match_numpy_reference(shape: tuple[int, int]) -> None:
+    """Layers of more than STATISTICS_CHUNK filters (blocked sums) and of 320+ outputs (upper Gram blocks only)."""
+    rng = np.random.default_rng(sum(shape))
+    w = rng.standard_normal((*shape, 3, 3)).astype(np.float32)
+    w[rng.random(shape) < 0.2] *= 1e-3
+    w[5] = 0  # a zero output kernel: its diagonal counts |0 - 1|
+    metrics, mask = layer_metrics(torch.from_numpy(w))
+    assert np.array_equal(mask.numpy(), np_sparse(w))
+    x = np_scaled_nonsparse(w)
+    raw = w.reshape(-1, 9).astype(np.float64)
+    assert metrics.n_nonsparse == len(x)
+    assert metrics.variance_entropy == pytest.approx(np_entropy(x), abs=1e-10)
+    assert metrics.variance_entropy_raw == pytest.approx(np_entropy(raw), abs=1e-10)
+    reference = np_orthogonality(w)
+    assert metrics.orthogonality == pytest.approx(reference, rel=1e-6, abs=1e-7)
+    assert np.allclose(metrics.pca_sum, x.sum(0), rtol=1e-12, atol=1e-9)
+    assert np.allclose(np.reshape(metrics.pca_scatter, (9, 9)), x.T @ x, rtol=1e-12, atol=1e-8)
+    assert metrics.weight_mean == pytest.approx(float(raw.mean()), rel=1e-9, abs=1e-15)
+    assert metrics.weight_std == pytest.approx(float(raw.std()), rel=1e-9)
+
+
+def test_sparsity_boundary_is_exact_in_float32() -> None:
+    """The float32 comparison with the bound's float32 floor gives the float64 comparison's answer."""
+    below = np.float32(0.01)  # 0.0099999998 <= 0.01 * 1.0: sparse
+    above = np.nextafter(below, np.float32(1))  # 0.0100000007 > 0.01: not sparse
+    w = torch.zeros(4, 1, 3, 3)
+    w[0, 0, 0, 0] = 1.0
+    w[1, 0, 1, 1] = float(below)
+    w[2, 0, 2, 2] = -float(above)
+    w[3, 0, 0, 1] = float(np.nextafter(below, np.float32(0)))
+    _, mask = layer_metrics(w)
+    assert mask.tolist() == [False, True, False, True]
+    assert np.array_equal(mask.numpy(), np_sparse(w.numpy()))
+
+
+def test_float64_and_float16_weights() -> None:
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((20, 10, 3, 3))
+    w[rng.random((20, 10)) < 0.3] *= 1e-3
+    m64, mask64 = layer_metrics(torch.from_numpy(w))
+    assert np.array_equal(mask64.numpy(), np_sparse(w))
+    assert m64.weight_abs_max == float(np.abs(w).max())  # the maxima are not overwritten by the sparse divisor
+    assert m64.variance_entropy == pytest.approx(np_entropy(np_scaled_nonsparse(w)), abs=1e-10)
+    half = torch.from_numpy(w.astype(np.float16))
+    m16, mask16 = layer_metrics(half)
+    ref = half.float().numpy()
+    assert np.array_equal(mask16.numpy(), np_sparse(ref))
+    assert m16.variance_entropy == pytest.approx(np_entropy(np_scaled_nonsparse(ref)), abs=1e-10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_cpu_on_a_wide_layer() -> None:
+    """CPU sums and Gram blocks (blocked) against the GPU's single products."""
+    torch.manual_seed(5)
+    w = torch.randn(640, 64, 3, 3)
+    w[:, :8] *= 1e-3
+    cpu, cpu_mask = layer_metrics(w)
+    gpu, gpu_mask = layer_metrics(w.cuda())
+    assert torch.equal(cpu_mask, gpu_mask.cpu())
+    for field in ("sparsity", "variance_entropy", "variance_entropy_raw", "orthogonality", "weight_mean", "weight_std"):
+        assert getattr(gpu, field) == pytest.approx(getattr(cpu, field), rel=1e-6, abs=1e-9), field

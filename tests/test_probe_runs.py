@@ -169,3 +169,38 @@ def test_probe_into_s3(tmp_path: Path, moto_s3: str) -> None:
     assert summary.probed == 2
     with open_dataset(root) as ds:
         assert ds.con.execute("SELECT count(*), count(DISTINCT model_id) FROM probes").fetchone() == (8, 2)
+
+
+def test_vacuum_keeps_the_committed_probe_and_removes_replaced_ones(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    zoo, out = make_zoo(tmp_path, n=1), tmp_path / "ds"
+    cli("build", zoo, "--out", out, "--backend", "local", "--probe", "random", "--probe-images", "8", "--no-progress")
+    cli("probe", zoo, "--out", out, "--probe", "random", "--probe-images", "4", "--no-progress")  # replaces it
+    assert len(list((out / "probes").rglob("*.parquet"))) == 2
+    assert len(list((out / "_probes" / "examples").rglob("*.npz"))) == 2
+    removed = DatasetStore(str(out)).vacuum(older_than_s=0)
+    assert sum("/probes/" in p for p in removed) == 1 and sum("/_probes/examples/" in p for p in removed) == 1
+    stored = DatasetStore(str(out)).stored_model("t/m0")
+    assert [p.name for p in (out / "probes").rglob("*.parquet")] == [f"part-{stored.probe_write_id}.parquet"]
+    assert [p.name for p in (out / "_probes" / "examples").rglob("*.npz")] == [f"{stored.probe_write_id}.npz"]
+    assert {r["n_images"] for r in probe_rows(out)} == {4}
+
+
+def test_probes_are_published_and_readable_with_datasets(tmp_path: Path, cli) -> None:  # noqa: ANN001
+    import datasets as hf_datasets
+
+    from pipeline.publish.stage import stage
+
+    zoo, out = make_zoo(tmp_path, n=2), tmp_path / "ds"
+    cli("build", zoo, "--out", out, "--backend", "local", "--probe", "random", "--probe-images", "8", "--no-progress")
+    tree = stage(str(out), tmp_path / "staged", "org/filters")
+    assert sum(p.startswith("probes/") for p in tree.files) == 2 and tree.rows["probes"] == 4
+    card = (tmp_path / "staged" / "README.md").read_text()
+    assert "config_name: probes" in card and "| `probes` | 4 |" in card
+    for root in (tmp_path / "staged", out):  # a published copy and the local root
+        table = hf_datasets.load_dataset(str(root), "probes", split="train")
+        assert table.num_rows == 4 and set(table["perturbation"]) == {"random"}
+    plain = tmp_path / "plain"
+    cli("build", zoo, "--out", plain, "--backend", "local", "--no-progress")
+    assert "config_name: probes" not in (plain / "README.md").read_text()
+    stage(str(plain), tmp_path / "staged2", "org/plain")
+    assert "config_name: probes" not in (tmp_path / "staged2" / "README.md").read_text()

@@ -58,13 +58,21 @@ def test_significant_with_more_models_and_cannot_say_with_few() -> None:
 def test_stats_report_has_the_probe_section(tmp_path: Path, cli) -> None:  # noqa: ANN001
     from test_probe_runs import make_zoo
 
-    zoo, out = make_zoo(tmp_path, n=3), tmp_path / "ds"
+    zoo = make_zoo(tmp_path, n=3, extra={f"t/m{i}": {"architecture": "TinyNet"} for i in range(3)})  # pairable
+    out = tmp_path / "ds"
     cli("build", zoo, "--out", out, "--backend", "local", "--probe", "random,transfer", "--probe-images", "8",
         "--no-progress")
     result = cli("stats", out, "--out", tmp_path / "stats")
     assert result.code == 0, result.err
     report = (tmp_path / "stats" / "report.md").read_text()
     assert "## First-stage probe" in report and "figures/probe_gain.png" in report
+    assert "figures/probe_first_stage.png" in report  # the notebook's figure for the first pair
+    assert (tmp_path / "stats" / "figures" / "probe_first_stage.png").stat().st_size > 10_000
+    examples = sorted((out / "_probes" / "examples").rglob("*.npz"))
+    assert len(examples) == 3
+    arrays = np.load(examples[0])
+    assert arrays["filters"].shape == (8, 3, 3, 3) and arrays["clean"].shape == (8, 32, 32)
+    assert str(arrays["perturbation"]) == "transfer"
     table = pd.read_csv(tmp_path / "stats" / "tables" / "probe_comparison.csv")
     assert set(table.perturbation) == {"random", "transfer"} and len(table) == 8
     assert (table.n_robust + table.n_normal == 3).all()

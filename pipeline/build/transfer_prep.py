@@ -24,7 +24,7 @@ from pipeline.probe.config import ProbeConfig
 from pipeline.probe.data import check_fits, load_probe_images
 from pipeline.probe.perturb import pgd
 from pipeline.probe.run_one import KIND_SEED_OFFSET, frozen
-from pipeline.probe.transfer import TransferSet, images_digest, save_transfer, transfer_name
+from pipeline.probe.transfer import TransferSet, images_digest, transfer_bytes, transfer_name
 from pipeline.zoo.spec import ModelRequest
 from pipeline.zoo.zoo_file import ZooEntry
 
@@ -85,7 +85,8 @@ def prepare_transfer(entries: Sequence[ZooEntry], config: BuildConfig, store: Da
             request = reference.request(fetched.paths)
             request.digest = (fetched.sha256, fetched.n_bytes)
             log.info("computing the transfer perturbations on %s", reference.model_id)
-            save_transfer(store.fs, store.path(name), compute_transfer(request, probe, resolve_device(config.device)))
+            store.write_bytes(transfer_bytes(compute_transfer(request, probe, resolve_device(config.device))),
+                              store.path(name))
         return probe.with_transfer(name, reference.model_id)
     except FilterlensError as exc:
         log.error("the transfer perturbations could not be computed on %s (%s: %s); probing without them",

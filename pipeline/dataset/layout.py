@@ -5,6 +5,8 @@
     <root>/filters/<d>/<slug>/part-<write_id>-<k>.parquet
     <root>/probes/<d>/<slug>/part-<probe_write_id>.parquet       (probed models only)
     <root>/failures/part-<slug>.parquet
+    <root>/_probes/examples/<slug>/<probe_write_id>.npz          the probe's example image (figure only)
+    <root>/_probes/transfer-<digest>.npz                         a run's transfer perturbations
     <root>/_manifest.json                                        derived from _builds/
     <root>/_builds/<time>-<id>.json                              one record per build
 
@@ -46,6 +48,8 @@ BUILDS = "_builds"
 WEIGHT_COLUMNS = [f"w{i}" for i in range(9)]
 DATA_TABLES = ("layers", "filters", "probes")
 """Tables partitioned by dataset and model, one version of files per committed write_id (probe_write_id)."""
+PROBE_EXAMPLES = "_probes/examples"
+"""One small .npz per probe: the first image through the first stage (the notebook's figure)."""
 ROW_TABLES = ("models", "failures")
 """Tables with one small file per model."""
 
@@ -158,6 +162,10 @@ class DatasetPaths:
 
     def probe_file_for(self, dataset: str, slug: str, probe_write_id: str) -> str:
         return f"{self.partition_dir('probes', dataset, slug)}/part-{probe_write_id}.parquet"
+
+    def probe_example_for(self, slug: str, probe_write_id: str) -> str:
+        """The probe's example for the notebook's figure (pipeline/probe/example.py); not a table file."""
+        return self.path(PROBE_EXAMPLES, slug, f"{probe_write_id}.npz")
 
     def probe_files(self, model: StoredModel) -> list[str]:
         """The committed probes file of a model ([] when it was never probed)."""

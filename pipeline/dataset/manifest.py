@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 CARD = "README.md"
 """The dataset card at the root (a local root's short one; a published repo's is ``publish/card.py``'s)."""
 DATA_FILES = {"models": "models/*.parquet", "layers": "layers/**/*.parquet", "filters": "filters/**/*.parquet",
-              "failures": "failures/*.parquet"}
+              "probes": "probes/**/*.parquet", "failures": "failures/*.parquet"}
 """Each table's files as ``datasets`` config globs (relative to the root)."""
 CARD_TAG = "filterlens"
 """In the card's YAML ``tags``: a card filterlens generated (and may rewrite)."""
@@ -95,10 +95,12 @@ def data_configs(tables: tuple[str, ...]) -> list[dict]:
     return configs
 
 
-def local_card(manifest: dict) -> str:
-    """The README.md of a local (unpublished) root: the ``configs`` a published card has, and a few lines."""
+def local_card(manifest: dict, probes: bool = False) -> str:
+    """The README.md of a local (unpublished) root: the ``configs`` a published card has, and a few lines
+    (``probes``: the root has a probes table, so it gets a config too)."""
+    tables = ("models", "layers", "filters", *(("probes",) if probes else ()), "failures")
     header = yaml.safe_dump({"pretty_name": "filterlens filter dataset", "tags": [CARD_TAG],
-                             "configs": data_configs(("models", "layers", "filters", "failures"))},
+                             "configs": data_configs(tables)},
                             sort_keys=False, width=1000)
     return "\n".join([
         "---", header.rstrip("\n"), "---", "",
@@ -107,7 +109,8 @@ def local_card(manifest: dict) -> str:
         f"written by filterlens {manifest.get('pipeline_version')}, updated {manifest.get('updated_at')}. "
         "This card is generated and rewritten with every build: edits are lost.", "",
         "Tables (filterlens' `schemas/` lists every column): `models` (one row per model), `layers` (one row per "
-        "conv layer), `filters` (one row per 3x3 filter), `failures` (models whose latest attempt failed).", "",
+        "conv layer), `filters` (one row per 3x3 filter), `probes` (first-stage probe rows, where a model was "
+        "probed), `failures` (models whose latest attempt failed).", "",
         "```python",
         "import pipeline",
         "ds = pipeline.open_dataset(\"<this folder>\")   # committed models only",
@@ -143,7 +146,7 @@ def write_local_card(fs: pafs.FileSystem, paths: DatasetPaths, manifest: dict) -
         log.info("%s: a README.md filterlens did not write is kept (datasets.load_dataset needs the configs "
                  "of a generated card)", path)
         return
-    card = local_card(manifest)
+    card = local_card(manifest, probes=fs.get_file_info(paths.path("probes")).type == pafs.FileType.Directory)
     if card != existing:
         write_bytes_atomic(path, card.encode(), fs)
 

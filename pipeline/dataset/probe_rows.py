@@ -17,13 +17,17 @@ from pipeline.dataset.store import DatasetStore, conform
 from pipeline.errors import StoreError
 
 
-def commit_probes(store: DatasetStore, model_id: str, expected_write_id: str, probes: pa.Table) -> str | None:
-    """Write ``probes`` and point the model's row at them; the probe_write_id, or None when the model changed."""
+def commit_probes(store: DatasetStore, model_id: str, expected_write_id: str, probes: pa.Table,
+                  example: bytes | None = None) -> str | None:
+    """Write ``probes`` (and the probe's example) and point the model's row at them; the probe_write_id, or None
+    when the model changed."""
     current = store.stored_model(model_id)
     if current is None or current.write_id != expected_write_id:
         return None
     probe_write_id = new_write_id()
     path = store.probe_file_for(current.dataset, current.slug, probe_write_id)
+    if example:
+        store.write_bytes(example, store.probe_example_for(current.slug, probe_write_id))
     store.write_table(probes, path)
     row_path = store.model_row_path(slugify(model_id))
     row = conform(store.read_parquet(row_path), arrow_schema("models"))

@@ -31,6 +31,7 @@ from pipeline.dataset.layout import (
     COMPRESSION,
     DATA_TABLES,
     MANIFEST,
+    PROBE_EXAMPLES,
     ROW_TABLES,
     DatasetPaths,
     StoredModel,
@@ -91,6 +92,14 @@ class DatasetStore(DatasetPaths):
         try:
             with atomic_target(path, self.fs) as target:
                 pq.write_table(table, target, filesystem=self.fs, compression=COMPRESSION, **kwargs)
+        except OSError as exc:
+            raise StoreError(f"writing {path} failed: {exc}") from exc
+
+    def write_bytes(self, payload: bytes, path: str) -> None:
+        """Write a small file so that readers never see it half-written (a probe example, a transfer set)."""
+        try:
+            with atomic_target(path, self.fs) as target, self.fs.open_output_stream(target) as out:
+                out.write(payload)
         except OSError as exc:
             raise StoreError(f"writing {path} failed: {exc}") from exc
 
@@ -310,7 +319,7 @@ class DatasetStore(DatasetPaths):
     def vacuum(self, older_than_s: float = DEFAULT_RETENTION_S, dry_run: bool = False) -> list[str]:
         """Delete files no committed row refers to, once unreferenced for ``older_than_s`` (by modification time).
 
-        Replaced versions, crash leftovers and temp files. Readers may still be reading
+        Replaced versions, crash leftovers, temp files and the examples of replaced probes. Readers may still be reading
         a replaced version, and a writer's files are unreferenced until it commits,
         so only files older than the retention go. Returns the paths (deleted, or that
         would be with ``dry_run``).
@@ -321,6 +330,10 @@ class DatasetStore(DatasetPaths):
                       if i.type == pafs.FileType.File and i.path not in keep]
         candidates += [i for t in ROW_TABLES for i in self.list_dir(self.path(t))
                        if i.type == pafs.FileType.File and i.base_name.endswith(TEMP_SUFFIX)]
+        examples = {self.probe_example_for(m.slug, m.probe_write_id)
+                    for m in self.stored_models().values() if m.probe_write_id}
+        candidates += [i for i in self.list_dir(self.path(PROBE_EXAMPLES), recursive=True)
+                       if i.type == pafs.FileType.File and i.path not in examples]
         old = sorted(i.path for i in candidates  # no modification time known: only with no retention at all
                      if (i.mtime is not None and i.mtime.timestamp() <= cutoff) or older_than_s <= 0)
         if dry_run:

@@ -172,7 +172,8 @@ class ModelWriter:
         self.store.delete_file(self.store.layer_file_for(self.dataset, self.slug, self.write_id))
         self.store.delete_file(self.store.probe_file_for(self.dataset, self.slug, self.write_id))
 
-    def commit(self, layers: pa.Table, model_row: dict, probes: pa.Table | None = None) -> StoredModel:
+    def commit(self, layers: pa.Table, model_row: dict, probes: pa.Table | None = None,
+               probe_example: bytes | None = None) -> StoredModel:
         """Write the layers file (and the probes file), check this write's files are all there, then write the
         models row (the commit).
 
@@ -186,6 +187,8 @@ class ModelWriter:
             probe_fields: dict = {"probe_write_id": None, "probe_config": None}
             if probes is not None and probes.num_rows:
                 probes_path = self.store.probe_file_for(self.dataset, self.slug, self.write_id)
+                if probe_example:
+                    self.store.write_bytes(probe_example, self.store.probe_example_for(self.slug, self.write_id))
                 self.store.write_table(probes, probes_path)
                 own.append(probes_path)
                 probe_fields = {"probe_write_id": self.write_id,

@@ -191,14 +191,15 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     probe_error: ProbeError | None = None
     try:
         layers, counts = _write_layers(request, ordered.convs, writer, torch_device, progress, n_members(loaded))
-        probes = None
+        probes, example = None, None
         if probe is not None:
             try:
-                probes = probe_ordered(request.model_id, request.dataset, ordered.model, ordered.convs,
-                                       ordered.input_shape, store, probe, torch_device)
+                probes, example = probe_ordered(request.model_id, request.dataset, ordered.model, ordered.convs,
+                                                ordered.input_shape, store, probe, torch_device)
             except ProbeError as exc:
                 probe_error = exc
-        writer.commit(layers, _model_row(request, loaded, ordered, counts, torch_device, started), probes=probes)
+        writer.commit(layers, _model_row(request, loaded, ordered, counts, torch_device, started), probes=probes,
+                      probe_example=example)
     except BaseException:
         writer.abort()
         raise
@@ -221,12 +222,12 @@ def _probe_committed(request: ModelRequest, store: DatasetStore, probe: ProbeCon
                                         f"arch) can be probed")
         loaded = load_checkpoint(request.checkpoints, digest=digest)
         ordered = ordered_convs(request, loaded, device)
-        probes = probe_ordered(request.model_id, request.dataset, ordered.model, ordered.convs, ordered.input_shape,
-                               store, probe, device)
+        probes, example = probe_ordered(request.model_id, request.dataset, ordered.model, ordered.convs,
+                                        ordered.input_shape, store, probe, device)
     except ProbeError as exc:
         result.probe_failure = _record_probe_failure(store, request, exc)
         return
-    if commit_probes(store, request.model_id, write_id, probes) is None:
+    if commit_probes(store, request.model_id, write_id, probes, example) is None:
         log.warning("%s: re-extracted by another writer while it was probed: its probe rows were not committed",
                     request.model_id)
         return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 SPARSITY_THRESHOLD = 0.01
@@ -27,6 +28,14 @@ SPARSITY_THRESHOLD = 0.01
 
 MAX_VARIANCE_ENTROPY = math.log10(9)
 """Upper bound of the variance entropy of 3x3 filters (uniform variance over 9 components)."""
+
+
+def _float32_floor(bound: float) -> float:
+    """The largest float32 not above ``bound``: for every float32 x, x <= it exactly when x <= ``bound``."""
+    narrow = np.float32(bound)
+    if float(narrow) > bound:
+        narrow = np.nextafter(narrow, np.float32(-np.inf))
+    return float(narrow)
 
 
 def flatten_filters(weight: torch.Tensor) -> torch.Tensor:
@@ -121,24 +130,46 @@ def orthogonality(weight: torch.Tensor) -> tuple[float, bool]:
     value is then 1 - sum|R R^T - I| (1 for a non-zero kernel, 0 for a zero one),
     flagged as degenerate.
 
-    The Gram matrix of the raw kernels is formed once in the weight's precision
-    (float32, as the reference computes) and normalised by the norms on its
-    diagonal in float64, which avoids normalising the whole weight first; entries
-    agree with the reference to ~1e-7.
+    The Gram matrix of the raw kernels is formed in the weight's precision (float32, as
+    the reference computes) and normalised by the norms on its diagonal in float64, which
+    avoids normalising the whole weight first; entries agree with the reference to ~1e-7.
+    It is symmetric, so for wide layers on CPU only its upper blocks are computed
+    (``_gram_blocks``: (k + 1) / 2k of the products for k blocks) and the off-diagonal sum
+    sum_ij |G_ij| / (n_i n_j) is taken block by block as matrix-vector products with the
+    inverse norms.
     """
     c_out = weight.shape[0]
     rows = weight.reshape(c_out, -1)
     if rows.dtype not in (torch.float32, torch.float64):
         rows = rows.to(torch.float32)
-    gram = (rows @ rows.T).to(torch.float64)
-    norms = gram.diagonal().clamp_min(0).sqrt()
-    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    gram = gram / torch.outer(norms, norms)
-    gram.diagonal().sub_(1)
-    deviation = gram.abs().sum()
+    blocks, bounds = _gram_blocks(rows)
+    squared = torch.cat([blocks[(i, i)].diagonal() for i in range(len(bounds))]).to(torch.float64)
+    inverse = torch.where(squared > 0, squared, 1).rsqrt()
+    deviation = (squared * inverse * inverse - 1).abs().sum()
+    for (i, j), block in blocks.items():
+        magnitudes = block.abs().to(torch.float64)
+        if i == j:
+            magnitudes.diagonal().zero_()
+        left, right = inverse[bounds[i][0]:bounds[i][1]], inverse[bounds[j][0]:bounds[j][1]]
+        deviation = deviation + (1 if i == j else 2) * (left @ (magnitudes @ right))
     if c_out < 2:
         return float(1 - deviation.item()), True
     return float(1 - deviation.item() / (c_out * (c_out - 1))), False
+
+
+GRAM_BLOCK_ROWS = 160
+"""Row blocks of the orthogonality Gram matrix on CPU: layers of at least twice this many output channels compute
+its upper blocks only, in up to 4 blocks (on 2 cores, 640 channels: 9.5 ms instead of 13.4; 320: 1.4 instead of 1.6)."""
+
+
+def _gram_blocks(rows: torch.Tensor) -> tuple[dict[tuple[int, int], torch.Tensor], list[tuple[int, int]]]:
+    """The upper blocks (i <= j) of rows @ rows.T by row blocks, and each block's (start, stop) rows."""
+    c_out = rows.shape[0]
+    k = max(1, min(4, c_out // GRAM_BLOCK_ROWS)) if rows.device.type == "cpu" else 1
+    size = max(1, -(-c_out // k))
+    bounds = [(start, min(c_out, start + size)) for start in range(0, c_out, size)] or [(0, 0)]
+    parts = [rows[start:stop] for start, stop in bounds]
+    return {(i, j): parts[i] @ parts[j].T for i in range(len(parts)) for j in range(i, len(parts))}, bounds
 
 
 def pca_statistics(scaled_filters: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor]:
@@ -175,13 +206,45 @@ def weight_statistics(weight: torch.Tensor) -> tuple[float, float, float]:
     return float(w.abs().max().item()), float(w.mean().item()), float(w.std(correction=0).item())
 
 
-def column_statistics(columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum x, sum x x^T) of filters held as columns ``(k, n)`` in float64: the same sums as ``pca_statistics``.
+STATISTICS_CHUNK = 16384
+"""Filters per block of the blocked passes on CPU: a block's float64 rows stay in cache, and no buffer the size of the
+layer is allocated (on 2 cores the 640x640 layer's sums take 8.5 ms instead of 22)."""
 
-    With the n filters contiguous along each row, the k x k scatter is a product whose inner
-    dimension is contiguous in both operands (BLAS's fastest case: ~2x ``x.T @ x`` on a tall (n, k)).
+
+def _chunk(filters: torch.Tensor) -> int:
+    return STATISTICS_CHUNK if filters.device.type == "cpu" else max(1, filters.shape[0])
+
+
+def _abs_maxima(filters: torch.Tensor) -> torch.Tensor:
+    """max|f| of every filter (as ``filter_abs_max``), block by block on CPU."""
+    n, chunk = filters.shape[0], _chunk(filters)
+    if n <= chunk:
+        return filter_abs_max(filters)
+    maxima = torch.empty(n, dtype=filters.dtype, device=filters.device)
+    for start in range(0, n, chunk):
+        torch.amax(filters[start:start + chunk].abs(), dim=1, out=maxima[start:start + chunk])
+    return maxima
+
+
+def raw_and_scaled_statistics(filters: torch.Tensor, divisor: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sum x, sum x x^T, sum y, sum y y^T) in float64 for the filters x (n, k) and y = x / ``divisor`` (n,).
+
+    Block by block the float64 rows [x, x / divisor, 1] are formed and their (2k+1)^2 Gram
+    matrix accumulated, so the sums come out of the same product as the scatters. A divisor
+    of infinity gives an exact zero row of y.
     """
-    return columns.sum(dim=1), columns @ columns.T
+    n, k = filters.shape
+    chunk = _chunk(filters)
+    block = torch.empty((min(chunk, n), 2 * k + 1), dtype=torch.float64, device=filters.device)
+    block[:, 2 * k] = 1
+    gram = torch.zeros((2 * k + 1, 2 * k + 1), dtype=torch.float64, device=filters.device)
+    for start in range(0, n, chunk):
+        rows = block[:min(n, start + chunk) - start]
+        rows[:, :k] = filters[start:start + chunk]
+        torch.div(rows[:, :k], divisor[start:start + chunk].unsqueeze(1), out=rows[:, k:2 * k])
+        gram.addmm_(rows.T, rows)
+    return gram[2 * k, :k], gram[:k, :k], gram[2 * k, k:2 * k], gram[k:2 * k, k:2 * k]
 
 
 def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> tuple[LayerMetrics, torch.Tensor]:
@@ -193,29 +256,30 @@ def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -
     only their counts: their metrics would be meaningless, so they stay null and
     the mask is all False.
 
-    The filters are copied once to float64 as 9 contiguous columns (products of float32
-    values are exact in float64, so only the sums round); the scaled set divides those
-    columns by each filter's max|f|, with sparse filters divided by infinity (exact zeros,
-    which add nothing to the sums) instead of being gathered out.
+    Both sets' sums come from one blocked float64 product (``raw_and_scaled_statistics``;
+    products of float32 values are exact in float64, only the additions round): sparse
+    filters are divided by infinity, which makes their scaled rows exact zeros, instead
+    of being gathered out, and no float64 copy of the layer is made.
     """
     filters = flatten_filters(weight)
     n = filters.shape[0]
-    maxima = filter_abs_max(filters) if n else filters.new_zeros(0)
-    if n == 0 or not bool(torch.isfinite(maxima).all()):  # NaN and Inf both surface in the maxima
+    maxima = _abs_maxima(filters)
+    layer_max = float(maxima.max().item()) if n else math.nan
+    if not math.isfinite(layer_max):  # NaN and Inf both surface in the layer's max (no filters: NaN)
         n_nonfinite = int((~torch.isfinite(filters)).sum().item())
         return LayerMetrics(n_filters=n, n_nonfinite=n_nonfinite), torch.zeros(
             n, dtype=torch.bool, device=weight.device)
 
-    mask = sparse_mask_from_maxima(maxima, threshold)
+    bound = threshold * layer_max  # in float64, as sparse_mask_from_maxima
+    # float32 maxima against the float32 floor of the bound: the same outcome without a float64 copy
+    mask = maxima <= _float32_floor(bound) if maxima.dtype == torch.float32 else maxima.to(torch.float64) <= bound
     n_sparse = int(mask.sum().item())
-    columns = torch.empty((filters.shape[1], n), dtype=torch.float64, device=filters.device)
-    columns.copy_(filters.T)  # one pass: transpose and widen
-    maxima64 = maxima.to(torch.float64)
-    divisor = maxima64 if n_sparse == 0 else maxima64.masked_fill(mask, math.inf)
-    pca_sum, pca_scatter = column_statistics(columns / divisor)
     n_nonsparse = n - n_sparse
+    divisor = maxima.to(torch.float64)
+    if n_sparse:
+        divisor = divisor.masked_fill(mask, math.inf)  # not in place: float64 maxima are the same tensor
+    raw_sum, raw_scatter, pca_sum, pca_scatter = raw_and_scaled_statistics(filters, divisor)
     entropy, degenerate = variance_entropy_from_statistics(n_nonsparse, pca_sum, pca_scatter)
-    raw_sum, raw_scatter = column_statistics(columns)
     entropy_raw, _ = variance_entropy_from_statistics(n, raw_sum, raw_scatter)
     ortho, ortho_degenerate = orthogonality(weight)
     n_weights = n * filters.shape[1]

@@ -18,6 +18,7 @@ from pipeline.dataset.store import DatasetStore
 from pipeline.errors import ProbeError, ProbeUnavailableError
 from pipeline.probe.config import ProbeConfig
 from pipeline.probe.data import check_fits, load_probe_images
+from pipeline.probe.example import example_bytes
 from pipeline.probe.run_one import probe_model
 from pipeline.probe.transfer import deltas_for, load_transfer
 
@@ -38,8 +39,9 @@ def first_conv_module(model: nn.Module, conv: ConvWeight) -> nn.Module:
 
 def probe_ordered(model_id: str, dataset: str, model: nn.Module | None, convs: list[ConvWeight],
                   input_shape: tuple[int, ...] | None, store: DatasetStore, config: ProbeConfig,
-                  device: torch.device) -> pa.Table:
-    """The probes rows of a bound model whose convs were traced in forward order (``convs[0]`` ran first)."""
+                  device: torch.device) -> tuple[pa.Table, bytes]:
+    """The probes rows of a bound model whose convs were traced in forward order (``convs[0]`` ran first), and
+    its example for the notebook's figure (``pipeline/probe/example.py``, npz bytes)."""
     if model is None or not convs:
         raise ProbeUnavailableError(f"{model_id}: only models extracted with an architecture (--arch) can be "
                                     f"probed; this one was read in state-dict or ONNX graph order")
@@ -50,8 +52,10 @@ def probe_ordered(model_id: str, dataset: str, model: nn.Module | None, convs: l
         if "transfer" in config.kinds and config.transfer_set:
             stored = load_transfer(store.fs, store.path(config.transfer_set))
             transfer, reference = deltas_for(stored, images.images, model_id), stored.reference
-        return probe_model(model, first_conv_module(model, convs[0]), convs[0].name, images, config, device,
-                           model_id, dataset, transfer, reference)
+        example: dict = {}
+        table = probe_model(model, first_conv_module(model, convs[0]), convs[0].name, images, config, device,
+                            model_id, dataset, transfer, reference, example)
+        return table, example_bytes(example)
     except ProbeError:
         raise
     except Exception as exc:  # noqa: BLE001 - the model's own code failed on the probe images: a probe failure

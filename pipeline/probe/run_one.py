@@ -21,6 +21,7 @@ from pipeline.dataset.layout import slugify, utcnow
 from pipeline.dataset.schema import to_table
 from pipeline.probe.config import STAGES, ProbeConfig
 from pipeline.probe.data import check_labels
+from pipeline.probe.example import example_arrays
 from pipeline.probe.perturb import clip_to_image, pgd, random_sign
 from pipeline.probe.response import StageResponse
 from pipeline.probe.stage import FirstStage, stage_outputs
@@ -62,8 +63,11 @@ def perturbation(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 def probe_model(model: nn.Module, first_conv: nn.Module, layer_name: str, images: ImageData, config: ProbeConfig,
                 device: torch.device, model_id: str, dataset: str, transfer: torch.Tensor | None = None,
-                reference: str | None = None) -> pa.Table:
+                reference: str | None = None, example: dict | None = None) -> pa.Table:
     """The probes rows of one model (model x perturbation x stage), computed on ``images``.
+
+    ``example``, when given, receives the first image's arrays for the notebook's figure
+    (pipeline/probe/example.py), under the comparable perturbation (transfer, else pgd, else random).
 
     ``transfer`` holds the fixed perturbations of the ``transfer`` kind (same shape as
     the images); without it that kind is not measured.
@@ -75,6 +79,7 @@ def probe_model(model: nn.Module, first_conv: nn.Module, layer_name: str, images
     size = {k: [0.0, 0.0] for k in kinds}  # sum of ||d||/||x||, max |d|
     generators = {k: torch.Generator().manual_seed(config.seed * 10 + KIND_SEED_OFFSET[k]) for k in kinds}
     n = len(images)
+    example_kind = next(k for k in ("transfer", "pgd", "random") if k in kinds)
     with frozen(model), FirstStage(first_conv) as first:
         for start in range(0, n, config.batch_size):
             x = images.images[start:start + config.batch_size].to(device, torch.float32)
@@ -95,6 +100,8 @@ def probe_model(model: nn.Module, first_conv: nn.Module, layer_name: str, images
                 size[kind][1] = max(size[kind][1], float(delta.abs().max()))
                 for stage, value in stage_outputs(perturbed).items():
                     responses[(kind, stage)].add(x, delta, clean_stages[stage], value)
+                if example is not None and start == 0 and kind == example_kind:
+                    example.update(example_arrays(first_conv.weight, x[0], delta[0], clean[0], perturbed[0], kind))
     seconds = time.perf_counter() - started
     rows = []
     for (kind, stage), response in responses.items():

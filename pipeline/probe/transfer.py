@@ -18,8 +18,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from pipeline.atomic_write import atomic_target
-from pipeline.errors import ProbeDataError, StoreError
+from pipeline.errors import ProbeDataError
 from pipeline.probe.config import ProbeConfig
 
 TRANSFER_DIR = "_probes"
@@ -48,17 +47,12 @@ def transfer_name(config: ProbeConfig, reference: str, reference_sha256: str) ->
     return f"{TRANSFER_DIR}/transfer-{digest}.npz"
 
 
-def save_transfer(fs: pafs.FileSystem, path: str, transfer: TransferSet) -> None:
-    """Write the set atomically (a reader never sees half of it)."""
+def transfer_bytes(transfer: TransferSet) -> bytes:
+    """The set as .npz bytes (written with ``DatasetStore.write_bytes``)."""
     buffer = io.BytesIO()
     np.savez(buffer, deltas=transfer.deltas.to("cpu", torch.float16).numpy(),
              reference=np.array(transfer.reference), images_sha256=np.array(transfer.images_sha256))
-    try:
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with atomic_target(path, fs) as target, fs.open_output_stream(target) as out:
-            out.write(buffer.getvalue())
-    except OSError as exc:
-        raise StoreError(f"writing the transfer set {path} failed: {exc}") from exc
+    return buffer.getvalue()
 
 
 def load_transfer(fs: pafs.FileSystem, path: str) -> TransferSet:

@@ -18,7 +18,13 @@ from pipeline.publish.licenses import SOURCE_NOTES, model_license, model_source
 
 __all__ = ["CARD", "DATA_FILES", "CardInputs", "card_metadata", "render_card", "size_category"]
 
-PUBLISHED_TABLES = ("models", "layers", "filters")
+PUBLISHED_TABLES = ("models", "layers", "filters", "probes")
+"""What a published repo holds; ``probes`` only when some model was probed (``published_tables``)."""
+
+
+def published_tables(inputs: CardInputs) -> tuple[str, ...]:
+    """The tables of this repo: ``probes`` only when it holds probe files."""
+    return tuple(t for t in PUBLISHED_TABLES if t != "probes" or inputs.files.get("probes"))
 PRETTY_NAME = "filterlens: 3x3 convolution filters and layer metrics of robust and normal CNNs"
 TAGS = ["adversarial-robustness", "robustness", "convolutional-neural-networks", "convolution-filters",
         "model-weights", "interpretability", "robustbench", "filterlens"]
@@ -95,7 +101,7 @@ def card_metadata(inputs: CardInputs) -> dict:
         license_meta = {"license": licenses.pop()}
     else:
         license_meta = {"license": "other", "license_name": "per-model-licenses"}
-    configs = data_configs(PUBLISHED_TABLES)  # the same as a local root's card (pipeline/dataset/manifest.py)
+    configs = data_configs(published_tables(inputs))  # the same as a local root's card (pipeline/dataset/manifest.py)
     return {
         **license_meta,
         "pretty_name": PRETTY_NAME,
@@ -221,7 +227,7 @@ def _summary(inputs: CardInputs) -> list[str]:
         "",
         "| config | rows | files | size |", "|---|---:|---:|---:|",
     ]
-    for table in PUBLISHED_TABLES:
+    for table in published_tables(inputs):
         lines.append(f"| `{table}` | {inputs.rows.get(table, 0):,} | {inputs.files.get(table, 0):,} | "
                      f"{_human_bytes(inputs.bytes.get(table, 0))} |")
     groups = Counter((m.get("dataset"), m.get("threat_model"), bool(m.get("robust"))) for m in models)
@@ -330,7 +336,7 @@ def _citation_section() -> list[str]:
 def render_card(inputs: CardInputs) -> str:
     """The full README.md: YAML header, then what it is, how it was built, schemas, usage, licences, citation."""
     lines = [*_front_matter(inputs), *_summary(inputs), *_build_section(inputs)]
-    for table in PUBLISHED_TABLES:
+    for table in published_tables(inputs):
         lines += _schema_section(table)
     lines += _usage(inputs)
     lines += _metrics_section()

@@ -7,6 +7,7 @@ Orphans of crashed writes and ``failures/`` are left out; the tree is::
     models/part-<m>.parquet   one row per model (the model's commit marker, as in the dataset)
     layers/<d>/<m>/part-<write_id>.parquet           (models written before: dataset=<d>/model=<m>/)
     filters/<d>/<m>/part-<write_id>-<k>.parquet
+    probes/<d>/<m>/part-<probe_write_id>.parquet     (probed models only)
 
 The layout is the dataset's own, so the repo is itself a filter dataset (read it
 as ``hf://datasets/ORG/NAME``, or download it and keep building on it). Files
@@ -198,6 +199,10 @@ def _stage_data(store: DatasetStore, models: pa.Table, out: Path) -> tuple[dict[
         n_filter_files[model_id] = len(paths) - 1
         rechunked += [model_id] if changed else []
         files.update({str(p.relative_to(out)): p for p in paths})
+        for source in store.probe_files(model):  # one small file per probed model: never beyond the limits
+            target = out / store.relative(source)
+            _place(store, source, target)
+            files[str(target.relative_to(out))] = target
     row_files = set(store.part_files("models"))
     for position, model_id in enumerate(models.column("model_id").to_pylist()):
         row = _stage_row(store, models, position, n_filter_files[model_id], out, row_files)
@@ -214,7 +219,7 @@ def _stage_data(store: DatasetStore, models: pa.Table, out: Path) -> tuple[dict[
 
 def _totals(staged: dict[str, StagedFile]) -> tuple[dict[str, int], dict[str, int]]:
     """(rows, bytes) of the staged data files, per table."""
-    rows = {t: 0 for t in ("models", "layers", "filters")}
+    rows = {t: 0 for t in ("models", "layers", "filters", "probes")}
     size = {t: 0 for t in rows}
     for path, item in staged.items():
         rows[path.split("/", 1)[0]] += pq.read_metadata(item.local).num_rows

@@ -41,7 +41,13 @@ from pipeline.stats.headline import headline_table
 from pipeline.stats.options import StatsOptions
 from pipeline.stats.pairing import make_pairs
 from pipeline.stats.pca import basis_tables, pca_bases
-from pipeline.stats.probes import compare_probes, probe_findings, probe_rows, with_robust
+from pipeline.stats.probes import (
+    compare_probes,
+    probe_examples,
+    probe_findings,
+    probe_rows,
+    with_robust,
+)
 from pipeline.stats.profile import BUCKET_LABELS, N_BUCKETS, compare_robust_normal, model_profile
 from pipeline.stats.queries import run_sql
 from pipeline.stats.result import StatsResult
@@ -156,6 +162,7 @@ def compute(dataset: str | FilterDataset, options: StatsOptions | None = None) -
         gallery = galleries(ds, models, gallery_models(models, pairs, options))
         probes = with_robust(probe_rows(ds.con, models.model_id.tolist()), models)
         probe_comparison = compare_probes(probes, pairs, options.alpha, options.min_models)
+        examples = probe_examples(ds, pairs) if not probes.empty else []
 
     findings = (depth_findings(headline)
                 + shift_findings(models, shift.shift, bases["all"], options, shift.reason)
@@ -186,4 +193,4 @@ def compute(dataset: str | FilterDataset, options: StatsOptions | None = None) -
     }
     timings["total"] = time.perf_counter() - started
     return StatsResult(tables, findings, bases, gallery, notes, timings, shift.coef_range,
-                       describe_selection(options))
+                       describe_selection(options), examples)

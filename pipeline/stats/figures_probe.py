@@ -51,3 +51,60 @@ def probe_figure(probes: pd.DataFrame, comparison: pd.DataFrame, out_dir: str, a
                  y=1.06, fontsize=11)
     fig.tight_layout()
     return save_figure(fig, out_dir, "probe_gain")
+
+
+def _short(model_id: str) -> str:
+    return model_id.rsplit("/", 1)[-1][:40]
+
+
+def _filter_tile(weight: np.ndarray) -> np.ndarray:
+    """A 3x3 filter (C_in, 3, 3) as an image: RGB for 3 input channels (each scaled to [0, 1]), else the mean."""
+    w = weight.astype(np.float32)
+    w = w.transpose(1, 2, 0) if w.shape[0] == 3 else w.mean(0)
+    span = float(np.abs(w).max()) or 1.0
+    return (w / span + 1) / 2
+
+
+def probe_example_figure(examples: list[tuple[str, str, dict, dict]], out_dir: str, channels: int = 8) -> str | None:
+    """The paper's notebook figure for the first pairs: per model, rows = first-conv filters, ReLU(conv) of the
+    clean image, of the perturbed image, and their difference, for the first ``channels`` output channels;
+    the robust model beside its normal counterpart, one shared colour scale per row and pair."""
+    if not examples:
+        return None
+    n_pairs = len(examples)
+    columns = 2 * channels + 1
+    fig, axes = plt.subplots(4 * n_pairs, columns, figsize=(FIG_WIDTH, 0.75 * 4 * n_pairs + 0.3), squeeze=False)
+    for p, (robust_id, normal_id, robust, normal) in enumerate(examples):
+        k = min(channels, robust["clean"].shape[0], normal["clean"].shape[0])
+        rows = ("filters", "clean", "perturbed", "difference")
+        for r, what in enumerate(rows):
+            ax_row = axes[4 * p + r]
+            if what == "difference":
+                values = [np.abs(e["perturbed"][:k].astype(np.float32) - e["clean"][:k].astype(np.float32))
+                          for e in (robust, normal)]
+            elif what != "filters":
+                values = [e[what][:k].astype(np.float32) for e in (robust, normal)]
+            top = max(float(v.max()) for v in values) if what != "filters" else 1.0
+            for side, (example, model_id) in enumerate(((robust, robust_id), (normal, normal_id))):
+                for c in range(channels):
+                    ax = ax_row[side * (channels + 1) + c]
+                    ax.set_xticks([])
+                    ax.set_yticks([])
+                    if c >= k:
+                        ax.axis("off")
+                        continue
+                    if what == "filters":
+                        tile = _filter_tile(example["filters"][c])
+                        ax.imshow(tile, cmap=None if tile.ndim == 3 else "coolwarm", vmin=0, vmax=1)
+                    else:
+                        ax.imshow(values[side][c], cmap="magma" if what == "difference" else "viridis",
+                                  vmin=0, vmax=top or 1.0)
+                    if c == 0:
+                        ax.set_ylabel(what, fontsize=7)
+                    if r == 0 and c == 0:
+                        kind = str(example["perturbation"])
+                        ax.set_title(f"{'robust' if side == 0 else 'normal'}: {_short(model_id)} ({kind})",
+                                     fontsize=8, loc="left")
+            ax_row[channels].axis("off")
+    fig.subplots_adjust(wspace=0.05, hspace=0.15)
+    return save_figure(fig, out_dir, "probe_first_stage")

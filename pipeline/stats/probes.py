@@ -133,3 +133,25 @@ def probe_findings(table: pd.DataFrame, probes: pd.DataFrame) -> list[Finding]:
                                 f"Sanity check: PGD lowered the probe-set accuracy by a median {drop:.1f} points "
                                 f"({len(accuracy)} models)."))
     return findings
+
+
+def probe_examples(ds: object, pairs: pd.DataFrame, limit: int = 2) -> list[tuple[str, str, dict, dict]]:
+    """(robust id, normal id, robust example, normal example) of the first pairs whose models both kept a probe
+    example (pipeline/probe/example.py), each model used once."""
+    from pipeline.probe.example import read_example
+
+    store, stored = ds.store, ds.stored_models()  # type: ignore[attr-defined]
+    chosen: list[tuple[str, str, dict, dict]] = []
+    used: set[str] = set()
+    for robust_id, normal_id in zip(pairs.get("robust_model_id", []), pairs.get("normal_model_id", []), strict=True):
+        if len(chosen) >= limit or robust_id in used or normal_id in used:
+            continue
+        examples = []
+        for model_id in (robust_id, normal_id):
+            model = stored.get(model_id)
+            examples.append(read_example(store.fs, store.probe_example_for(model.slug, model.probe_write_id))
+                            if model is not None and model.probe_write_id else None)
+        if all(e is not None for e in examples):
+            chosen.append((robust_id, normal_id, examples[0], examples[1]))
+            used |= {robust_id, normal_id}
+    return chosen

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -23,3 +23,5 @@ class StatsResult:
     timings: dict[str, float | int | str]
     coefficient_range: tuple[float, float] | None
     selection: str
+    probe_examples: list = field(default_factory=list)
+    """(robust id, normal id, robust example, normal example) for the notebook's figure (stats/probes.py)."""

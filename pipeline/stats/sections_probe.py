@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.stats.document import ReportContext, Section
-from pipeline.stats.figures_probe import probe_figure
+from pipeline.stats.figures_probe import probe_example_figure, probe_figure
 
 
 def probes_section(ctx: ReportContext) -> Section | None:
@@ -25,6 +25,11 @@ def probes_section(ctx: ReportContext) -> Section | None:
     if ctx.figures and (path := probe_figure(probes, comparison, ctx.out_dir, ctx.options.alpha)):
         section.figures.append(("Gain per model (dots) and median (bar), robust beside normal; dashed line at gain 1 "
                                 "(passed on in full), stars for Holm-corrected p", path))
+    if ctx.figures and (path := probe_example_figure(ctx.result.probe_examples, ctx.out_dir)):
+        section.figures.append(("The first stage of robust models beside their normal counterparts (the paper's "
+                                "notebook figure), first probe image: first-conv filters, ReLU(conv) of the clean "
+                                "and of the perturbed image, and the absolute difference (one colour scale per row "
+                                "and pair)", path))
     columns = ["dataset", "perturbation", "stage", "metric", "n_robust", "n_normal", "median_robust",
                "median_normal", "ratio", "p_holm", "n_pairs", "pairs_robust_lower", "verdict"]
     section.tables.append(("Robust vs normal, per perturbation and stage", comparison[columns]))
