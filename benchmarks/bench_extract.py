@@ -1,13 +1,15 @@
-"""Benchmark: extract a WRN-28-10-size checkpoint (~4M 3x3 filters, ~150 MB) on CPU.
+"""Benchmark: extract a WRN-28-10-size checkpoint (~4M 3x3 filters, ~150 MB) on CPU (or --arch, --device cuda).
 
 Prints, each measured in its own subprocess (so peak RSS is per phase):
 * floor      - torch.load + writing the same filter arrays to Parquet, no metrics;
 * extract    - filterlens end to end with --arch (forward pass, metrics, atomic write), after the
-               one-off import of robustbench (paid once per process, not per model);
+               one-off import of robustbench (paid once per process, not per model; with the trace
+               cache, pipeline/checkpoints/trace_cache.py, the repeats build nothing);
 * extract-sd - end to end without --arch (state-dict order);
 and the float-encoding comparison behind store.FLOAT_ENCODING.
 
-    python benchmarks/bench_extract.py [--work DIR] [--device cpu] [--repeat 3]
+    python benchmarks/bench_extract.py [--work DIR] [--device cpu] [--repeat 3] [--arch SPEC]
+    make bench-gpu   # on CUDA: --device cuda --arch robustbench:cifar10:Linf:Gowal2020Uncovering_70_16 (29M filters)
 """
 
 from __future__ import annotations
@@ -86,9 +88,9 @@ for name, enc in (("PLAIN", "PLAIN"), ("BYTE_STREAM_SPLIT", "BYTE_STREAM_SPLIT")
 }
 
 
-def run_phase(name: str, checkpoint: Path, out: Path, device: str) -> dict:
+def run_phase(name: str, checkpoint: Path, out: Path, device: str, arch: str = ARCH) -> dict:
     """Run one phase in a fresh interpreter; returns its result plus peak RSS."""
-    code = (f"CKPT, OUT, ARCH, DEVICE = {str(checkpoint)!r}, {str(out)!r}, {ARCH!r}, {device!r}\n"
+    code = (f"CKPT, OUT, ARCH, DEVICE = {str(checkpoint)!r}, {str(out)!r}, {arch!r}, {device!r}\n"
             + PHASES[name] + "\nimport json, resource, sys\n"
             "RESULT['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
             "sys.stdout.write('RESULT ' + json.dumps(RESULT) + '\\n')\n")
@@ -105,20 +107,21 @@ def main() -> None:
     parser.add_argument("--work", help="directory for the checkpoint and outputs (default: a temp dir)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeat", type=int, default=3, help="runs per phase; the best is reported")
+    parser.add_argument("--arch", default=ARCH, help=f"architecture of the random checkpoint (default {ARCH})")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="filterlens-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / "wrn-28-10.pt"
+    checkpoint = work / ("wrn-28-10.pt" if args.arch == ARCH else f"{args.arch.rsplit(':', 1)[-1]}.pt")
     if not checkpoint.exists():
         sys.path.insert(0, str(Path(__file__).parent))
         from make_checkpoint import make_checkpoint
 
-        make_checkpoint(ARCH, str(checkpoint), wrap="state_dict", prefix="module.")
+        make_checkpoint(args.arch, str(checkpoint), wrap="state_dict", prefix="module.")
     print(f"checkpoint {checkpoint} ({checkpoint.stat().st_size / 1e6:.0f} MB), device {args.device}, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}", flush=True)
     results = {}
     for phase in ("floor", "extract", "extract-sd"):
-        runs = [run_phase(phase, checkpoint, work, args.device) for _ in range(args.repeat)]
+        runs = [run_phase(phase, checkpoint, work, args.device, args.arch) for _ in range(args.repeat)]
         best = min(runs, key=lambda r: r["seconds"])
         best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
         results[phase] = best

@@ -77,13 +77,14 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="a WRN-28-10 checkpoint (default: make one in a temp dir)")
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--arch", default=ARCH, help="architecture of the checkpoint made when none is given")
     args = parser.parse_args()
-    path = Path(args.checkpoint) if args.checkpoint else Path(tempfile.mkdtemp()) / "wrn-28-10.pt"
+    path = Path(args.checkpoint) if args.checkpoint else Path(tempfile.mkdtemp()) / "checkpoint.pt"
     if not path.exists():
         sys.path.insert(0, str(Path(__file__).parent))
         from make_checkpoint import make_checkpoint
 
-        make_checkpoint(ARCH, str(path), wrap="state_dict", prefix="module.")
+        make_checkpoint(args.arch, str(path), wrap="state_dict", prefix="module.")
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     state = state.get("state_dict", state)
     device = torch.device(args.device)

@@ -141,7 +141,7 @@ CRASH_POINTS = {
     # kill after all filters are written, before the layers file and the commit
     "before-commit": """
         from pipeline.dataset import writer
-        def crash(self, layers, row, probes=None):
+        def crash(self, layers, row, **kw):
             self.finish_filters()
             os.kill(os.getpid(), signal.SIGKILL)
         writer.ModelWriter.commit = crash

@@ -205,3 +205,17 @@ def test_cifar_and_imagenet_folders_are_read_in_a_seeded_subset(tmp_path) -> Non
     folder_images = load_probe_images(ProbeConfig(data=f"imagenet:{tmp_path / 'imagenet'}", n_images=5))
     assert folder_images.images.shape == (2, 3, 224, 224) and folder_images.labels.tolist() == [0, 1]
     assert float(folder_images.images.max()) <= 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")
+def test_probe_on_cuda_matches_cpu(images: ImageData) -> None:
+    model = StemNet(torch.randn(8, 3, 3, 3, generator=torch.Generator().manual_seed(4)))
+    config = ProbeConfig(kinds=("pgd", "random"), n_images=len(images), batch_size=16)
+    cpu = probe_model(model, model.conv, "conv", images, config, torch.device("cpu"), "m", "synthetic").to_pylist()
+    model_gpu = model.to("cuda")
+    gpu = probe_model(model_gpu, model_gpu.conv, "conv", images, config, torch.device("cuda"), "m",
+                      "synthetic").to_pylist()
+    for a, b in zip(cpu, gpu, strict=True):
+        assert a["rel_change_mean"] == pytest.approx(b["rel_change_mean"], rel=1e-4)
+        assert a["gain_mean"] == pytest.approx(b["gain_mean"], rel=1e-4)
+        assert a["delta_linf"] == pytest.approx(b["delta_linf"], abs=1e-6)

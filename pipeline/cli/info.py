@@ -30,6 +30,7 @@ def summarise(root: str) -> dict:
             "robust_models": count("SELECT count(*) FROM models WHERE robust").fetchone()[0],
             "layers": count("SELECT count(*) FROM layers").fetchone()[0],
             "filters": count("SELECT coalesce(sum(n_filters), 0) FROM models").fetchone()[0],
+            "probed_models": count("SELECT count(*) FROM models WHERE probe_write_id IS NOT NULL").fetchone()[0],
             "by_dataset": [dict(zip(("dataset", "threat_model", "robust", "models", "filters"), r, strict=True))
                            for r in count("SELECT dataset, threat_model, robust, count(*), sum(n_filters) FROM models "
                                           "GROUP BY ALL ORDER BY ALL").fetchall()],
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"models    {summary['models']} ({summary['robust_models']} robust)")
     print(f"layers    {summary['layers']}")
     print(f"filters   {summary['filters']}")
+    if summary["probed_models"]:
+        print(f"probes    {summary['probed_models']} models probed (filterlens probe; the probes table)")
     print("bytes     " + ", ".join(f"{t} {_human(b)}" for t, b in summary["bytes"].items()))
     if summary["by_dataset"]:
         print("\n  dataset        threat_model  robust  models     filters")

@@ -224,6 +224,8 @@ def _totals(staged: dict[str, StagedFile]) -> tuple[dict[str, int], dict[str, in
     for path, item in staged.items():
         rows[path.split("/", 1)[0]] += pq.read_metadata(item.local).num_rows
         size[path.split("/", 1)[0]] += item.size
+    if not rows["probes"]:  # a table only where some model was probed
+        del rows["probes"], size["probes"]
     return rows, size
 
 

@@ -1,0 +1,43 @@
+"""The filters table's codec (layout.COMPRESSION): files written under the previous default (zstd) stay readable
+next to new ones, with the same values (benchmarks/bench_encodings.py measured the choice)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from zoo_fixtures import tiny_bytes
+
+from pipeline.dataset import layout, writer
+from pipeline.dataset.query import open_dataset
+from pipeline.dataset.store import DatasetStore
+from pipeline.extract.extractor import extract_model
+from pipeline.zoo.spec import ModelRequest
+
+
+def _codecs(root: Path, slug_part: str) -> set[str]:
+    files = [f for f in (root / "filters").rglob("*.parquet") if slug_part in str(f)]
+    meta = [pq.ParquetFile(f).metadata for f in files]
+    return {m.row_group(g).column(c).compression for m in meta for g in range(m.num_row_groups)
+            for c in range(m.num_columns)}
+
+
+def test_zstd_files_of_the_previous_default_read_like_new_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    checkpoint = tmp_path / "tiny.pt"
+    checkpoint.write_bytes(tiny_bytes(3))
+    store = DatasetStore(str(tmp_path / "ds"))
+    monkeypatch.setattr(writer, "COMPRESSION", "zstd")
+    extract_model(ModelRequest("t/old", checkpoints=[str(checkpoint)], dataset="cifar10"), store, device="cpu",
+                  progress=False)
+    monkeypatch.setattr(writer, "COMPRESSION", layout.COMPRESSION)
+    extract_model(ModelRequest("t/new", checkpoints=[str(checkpoint)], dataset="cifar10"), store, device="cpu",
+                  progress=False)
+    assert _codecs(tmp_path / "ds", "old") == {"ZSTD"}
+    assert _codecs(tmp_path / "ds", "new") == {layout.COMPRESSION.upper()}
+    weights = ", ".join(layout.WEIGHT_COLUMNS)
+    with open_dataset(str(tmp_path / "ds")) as ds:
+        rows = {model: ds.con.sql(f"SELECT conv_index, out_channel, in_channel, sparse, {weights} FROM filters "
+                                  f"WHERE model_id = '{model}' ORDER BY conv_index, out_channel, in_channel").fetchall()
+                for model in ("t/old", "t/new")}
+    assert rows["t/old"] and rows["t/old"] == rows["t/new"]
