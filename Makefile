@@ -9,7 +9,7 @@ STAMP := $(VENV)/.filterlens-installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= out
 
-.PHONY: venv demo test lint bench clean browser
+.PHONY: venv demo test lint bench bench-gpu clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,21 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_extract.py
+
+# On a CUDA machine: the CUDA-vs-CPU metric tests, then metrics, extraction and probe benchmarks on the GPU with a
+# WRN-70-16-size random checkpoint (29M filters). Without a GPU it says so and exits 0.
+GPU_ARCH ?= robustbench:cifar10:Linf:Gowal2020Uncovering_70_16
+bench-gpu: $(STAMP)
+	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  set -e; work=$$(mktemp -d /tmp/filterlens-bench-gpu-XXXXXX); \
+	  $(BIN)/python -m pytest -q tests/test_metrics.py -k cuda; \
+	  $(BIN)/python benchmarks/make_checkpoint.py --arch $(GPU_ARCH) --wrap state_dict --prefix module. \
+	    --out $$work/$$(echo $(GPU_ARCH) | sed 's/.*://').pt; \
+	  $(BIN)/python benchmarks/bench_metrics.py --device cuda --checkpoint $$work/$$(echo $(GPU_ARCH) | sed 's/.*://').pt --repeat 5; \
+	  $(BIN)/python benchmarks/bench_extract.py --device cuda --arch $(GPU_ARCH) --work $$work --repeat 2; \
+	  $(BIN)/python benchmarks/bench_probe.py --device cuda; \
+	  rm -rf $$work; \
+	else echo "bench-gpu: no CUDA GPU visible (torch.cuda.is_available() is False): nothing to run"; fi
 
 clean:
 	rm -rf $(OUT) .pytest_cache

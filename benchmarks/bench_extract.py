@@ -6,7 +6,7 @@ Prints, each measured in its own subprocess (so peak RSS is per phase):
                one-off import of robustbench (paid once per process, not per model; with the trace
                cache, pipeline/checkpoints/trace_cache.py, the repeats build nothing);
 * extract-sd - end to end without --arch (state-dict order);
-and the float-encoding comparison behind store.FLOAT_ENCODING.
+and PLAIN vs BYTE_STREAM_SPLIT under layout.COMPRESSION (codecs: benchmarks/bench_encodings.py).
 
     python benchmarks/bench_extract.py [--work DIR] [--device cpu] [--repeat 3] [--arch SPEC]
     make bench-gpu   # on CUDA: --device cuda --arch robustbench:cifar10:Linf:Gowal2020Uncovering_70_16 (29M filters)
@@ -69,7 +69,7 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
     "encodings": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq, os
 from pipeline.extract.extractor import filter_batch
-from pipeline.dataset.layout import WEIGHT_COLUMNS
+from pipeline.dataset.layout import COMPRESSION, WEIGHT_COLUMNS
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
 batches = [filter_batch("m", "cifar10", "m", i, w, torch.zeros(w.shape[0] * w.shape[1], dtype=torch.bool))
            for i, (k, w) in enumerate(sd.items()) if w.ndim == 4 and tuple(w.shape[2:]) == (3, 3)]
@@ -78,7 +78,7 @@ RESULT = {}
 for name, enc in (("PLAIN", "PLAIN"), ("BYTE_STREAM_SPLIT", "BYTE_STREAM_SPLIT")):
     path = OUT + f"/enc-{name}.parquet"
     t = time.perf_counter()
-    pq.write_table(table, path, compression="zstd", use_dictionary=["model_id", "dataset", "model", "conv_index"],
+    pq.write_table(table, path, compression=COMPRESSION, use_dictionary=["model_id", "dataset", "model", "conv_index"],
                    column_encoding={c: enc for c in WEIGHT_COLUMNS})
     w = time.perf_counter() - t
     t = time.perf_counter()

@@ -106,5 +106,5 @@ def probe_example_figure(examples: list[tuple[str, str, dict, dict]], out_dir: s
                         ax.set_title(f"{'robust' if side == 0 else 'normal'}: {_short(model_id)} ({kind})",
                                      fontsize=8, loc="left")
             ax_row[channels].axis("off")
-    fig.subplots_adjust(wspace=0.05, hspace=0.15)
+    fig.subplots_adjust(wspace=0.05, hspace=0.35)
     return save_figure(fig, out_dir, "probe_first_stage")

@@ -13,11 +13,13 @@ def probes_section(ctx: ReportContext) -> Section | None:
         return None
     comparison = ctx.result.tables["probe_comparison"]
     first = probes.iloc[0]
+    references = sorted(str(r) for r in probes.reference_model.dropna().unique())
+    reference = ", ".join(references) if references else "a reference model"
     section = Section("First-stage probe", paragraphs=[
         f"How much of an L-inf perturbation (eps {first.eps:.4g}, {int(first.n_images)} probe images) survives the "
         "first executed convolution: relative change ||a(x+d) - a(x)|| / ||a(x)|| of its output (conv) and of "
         "ReLU of it (conv + ReLU), and the gain, that change over ||d|| / ||x||. transfer: the same PGD "
-        f"perturbations for every model (computed on {first.reference_model if first.reference_model else 'a reference model'}; "
+        f"perturbations for every model (computed on {reference}; "
         "the comparable setting); pgd: PGD against each model itself (model-specific); random: random signs. "
         "Mann-Whitney U per dataset, perturbation, stage and metric, Holm-corrected within a dataset; paired "
         "differences (Wilcoxon) where pairs exist. A first-stage measurement, not the model's robustness."],
