@@ -213,3 +213,25 @@ def test_new_writes_use_flat_folders_and_old_hive_folders_keep_reading(tmp_path:
     assert store.delete_model("lab/old")
     assert not (root / "filters" / "dataset=ImageNet_1k-b51fc1d2" / "model=lab--old").exists()
     assert list(store.stored_models()) == ["lab/new"]
+
+
+def test_migrate_layout_moves_old_models_and_then_default_readers_work(tmp_path: Path, cli,  # noqa: ANN001
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "ds"
+    torch.manual_seed(1)
+    checkpoint = save(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 2, 3)).state_dict(), tmp_path / "m.pt")
+    monkeypatch.setattr(writer_module, "new_write_id", lambda: "20250101T000000-0123abcd")  # an old write
+    extract_model(ModelRequest(model_id="lab/old", checkpoints=[str(checkpoint)], dataset="cifar10"),
+                  DatasetStore(str(root)), device="cpu", progress=False)
+    monkeypatch.undo()
+    with open_dataset(str(root)) as ds:
+        before = ds.sql("SELECT * FROM filters ORDER BY conv_index, out_channel, in_channel").fetchall()
+    with pytest.raises(pa.ArrowTypeError):
+        pq.read_table(root / "filters")  # the old Hive folders: pyarrow's default read fails
+    result = cli("vacuum", root, "--migrate-layout", "--older-than", "0s")
+    assert result.code == 0 and "moved 1 of 1 old-layout models" in result.out
+    assert not (root / "filters" / "dataset=cifar10").exists()  # the old files were vacuumed
+    assert pq.read_table(root / "filters").num_rows == len(before)
+    with open_dataset(str(root)) as ds:
+        assert ds.sql("SELECT * FROM filters ORDER BY conv_index, out_channel, in_channel").fetchall() == before
+    assert not hive_layout(DatasetStore(str(root)).stored_model("lab/old").write_id)

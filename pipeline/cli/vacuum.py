@@ -17,6 +17,7 @@ once they are older than --older-than (default 24h: longer than any reader runs)
 examples:
   filterlens vacuum dataset/ --dry-run
   filterlens vacuum s3://bucket/filters --older-than 7d
+  filterlens vacuum dataset/ --migrate-layout   # move models of the old dataset=/model= folders first
 
 exit codes: 0 done, 2 bad usage, 4 dataset or storage error
 """
@@ -39,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--older-than", default="24h", help="retention: only files unreferenced and older than this "
                                                        "(90s, 30m, 24h, 7d; default 24h)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p.add_argument("--migrate-layout", action="store_true",
+                   help="first move models written in the old Hive folders (dataset=<d>/model=<slug>/) to the flat "
+                        "layout that pandas and pyarrow read by default (copies, then commits; no re-extraction)")
     p.set_defaults(func=run)
 
 
@@ -47,6 +51,16 @@ def run(args: argparse.Namespace) -> int:
 
     store = DatasetStore(args.dataset)
     store.require()
+    if args.migrate_layout:
+        from pipeline.dataset.migrate import migrate_model, old_layout_models
+
+        old = old_layout_models(store)
+        if args.dry_run:
+            for model_id in old:
+                print(f"would move {model_id} to the flat layout")
+        else:
+            moved = [m for m in old if migrate_model(store, m)]
+            print(f"moved {len(moved)} of {len(old)} old-layout models to the flat layout")
     paths = store.vacuum(parse_duration(args.older_than), dry_run=args.dry_run)
     for path in paths:
         print(path)
