@@ -9,6 +9,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("FILTERLENS_TRUSTED_MODULES", "zoo_fixtures")  # the test zoos' own architectures
+if "FILTERLENS_CACHE" not in os.environ:  # trace-cache entries and downloads of a run stay out of ~/.cache
+    import tempfile as _tempfile
+
+    os.environ["FILTERLENS_CACHE"] = _tempfile.mkdtemp(prefix="filterlens-test-cache-")
 
 import shutil
 import tempfile
