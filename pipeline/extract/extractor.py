@@ -309,6 +309,16 @@ def _write_layers(request: ModelRequest, convs: list[ConvWeight], writer: ModelW
     return layers, counts
 
 
+REQUEST_FIELDS = ("threat_model", "robust", "architecture", "clean_acc", "robust_acc", "eps", "extra_data", "paper",
+                  "venue")
+"""The models columns a request gives as they are (extraction and imports alike)."""
+
+
+def request_fields(request: ModelRequest) -> dict:
+    """The ``REQUEST_FIELDS`` of a request, for its models row."""
+    return {name: getattr(request, name) for name in REQUEST_FIELDS}
+
+
 def _model_row(request: ModelRequest, loaded: LoadedCheckpoint, ordered: OrderedConvs, counts: _LayerCounts,
                device: torch.device, started: float) -> dict:
     """The models-table row of one extraction (``started``: its perf_counter start, for extract_seconds)."""
@@ -320,16 +330,8 @@ def _model_row(request: ModelRequest, loaded: LoadedCheckpoint, ordered: Ordered
         "checkpoint_sha256": loaded.sha256,
         "checkpoint_bytes": loaded.n_bytes,
         "checkpoint_format": loaded.format,
-        "threat_model": request.threat_model,
-        "robust": request.robust,
-        "architecture": request.architecture,
+        **request_fields(request),
         "arch_spec": str(parse_arch_spec(request.arch)) if request.arch and loaded.onnx_convs is None else None,
-        "clean_acc": request.clean_acc,
-        "robust_acc": request.robust_acc,
-        "eps": request.eps,
-        "extra_data": request.extra_data,
-        "paper": request.paper,
-        "venue": request.venue,
         "n_conv_layers": len(ordered.convs),
         "n_conv3x3_layers": counts.n_conv3x3,
         "n_params": ordered.n_params,

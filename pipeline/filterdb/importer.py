@@ -32,7 +32,7 @@ from pipeline.dataset.schema import arrow_schema, to_table
 from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
 from pipeline.errors import ConfigError, FilterlensError, QueryError
-from pipeline.extract.extractor import layer_row, resolve_device
+from pipeline.extract.extractor import layer_row, request_fields, resolve_device
 from pipeline.filterdb.layout import SOURCE_FORMAT, ReleaseLayer, ReleaseModel
 from pipeline.filterdb.metadata import model_spec
 from pipeline.filterdb.reader import Release, model_header, open_release
@@ -254,16 +254,8 @@ def _model_row(release: Release, model: ReleaseModel, request: ModelRequest, dig
         "checkpoint_sha256": digest,
         "checkpoint_bytes": model.n_filters * 9 * release.dtype.itemsize,
         "checkpoint_format": SOURCE_FORMAT,
-        "threat_model": request.threat_model,
-        "robust": request.robust,
-        "architecture": request.architecture,
+        **request_fields(request),
         "arch_spec": None,
-        "clean_acc": request.clean_acc,
-        "robust_acc": request.robust_acc,
-        "eps": request.eps,
-        "extra_data": request.extra_data,
-        "paper": request.paper,
-        "venue": request.venue,
         "n_conv_layers": len(model.layers),
         "n_conv3x3_layers": len(model.layers),
         "n_params": conv_weight_count(model),
