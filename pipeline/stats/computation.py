@@ -127,6 +127,14 @@ def shift_analysis(ds: FilterDataset, models: pd.DataFrame, pairs: pd.DataFrame,
                         group_histograms(counts, targets, models, edges), coef_range)
 
 
+def probe_analysis(ds: FilterDataset, models: pd.DataFrame, pairs: pd.DataFrame,
+                   options: StatsOptions) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+    """The selected models' probes rows, robust vs normal on them, and the examples of the first pairs."""
+    probes = with_robust(probe_rows(ds.con, models.model_id.tolist()), models)
+    comparison = compare_probes(probes, pairs, options.alpha, options.min_models)
+    return probes, comparison, probe_examples(ds, pairs) if not probes.empty else []
+
+
 def compute(dataset: str | FilterDataset, options: StatsOptions | None = None) -> StatsResult:
     """Every analysis of the selection as DataFrames (``result.tables``), findings, bases and galleries.
 
@@ -160,9 +168,7 @@ def compute(dataset: str | FilterDataset, options: StatsOptions | None = None) -
         shift = shift_analysis(ds, models, pairs, bases["all"], options, timings)
         corr = correlations(profile, whole, options.min_correlation_models)
         gallery = galleries(ds, models, gallery_models(models, pairs, options))
-        probes = with_robust(probe_rows(ds.con, models.model_id.tolist()), models)
-        probe_comparison = compare_probes(probes, pairs, options.alpha, options.min_models)
-        examples = probe_examples(ds, pairs) if not probes.empty else []
+        probes, probe_comparison, examples = probe_analysis(ds, models, pairs, options)
 
     findings = (depth_findings(headline)
                 + shift_findings(models, shift.shift, bases["all"], options, shift.reason)
