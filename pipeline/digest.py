@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 _HASH_CHUNK = 8 << 20
 
@@ -33,3 +35,29 @@ def sha256_of_files(paths: Sequence[str | os.PathLike]) -> tuple[str, int]:
     if len(digests) == 1:
         return digests[0], total
     return hashlib.sha256("".join(digests).encode()).hexdigest(), total
+
+
+def sha256_of_files_soon(paths: Sequence[str | os.PathLike]) -> Callable[[], tuple[str, int] | None] | None:
+    """Start ``sha256_of_files`` in a thread and return a function that waits for it; None unless all are local files.
+
+    Hashing releases the GIL, so a CLI process can hash its checkpoint while it imports torch
+    (0.17 s of a 153 MB checkpoint hidden behind 1 s of imports). The waiting function returns
+    None when hashing failed: the caller hashes again the usual way, so the error surfaces
+    where it is recorded.
+    """
+    if not paths or not all(os.path.isfile(p) for p in paths):
+        return None
+    outcome: dict[str, tuple[str, int]] = {}
+
+    def work() -> None:
+        with contextlib.suppress(OSError):
+            outcome["digest"] = sha256_of_files(paths)
+
+    thread = threading.Thread(target=work, name="sha256", daemon=True)
+    thread.start()
+
+    def wait() -> tuple[str, int] | None:
+        thread.join()
+        return outcome.get("digest")
+
+    return wait

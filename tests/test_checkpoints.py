@@ -274,3 +274,25 @@ def test_unwrap_reports_the_path_taken() -> None:
     sd = small_state_dict()
     assert unwrap_state_dict({"last": sd, "best": sd})[1] == "last"
     assert unwrap_state_dict({"ckpt": {"model_state_dict": sd}})[1] == "ckpt/model_state_dict"
+
+
+def test_hashing_ahead_gives_the_same_digest_and_declines_what_it_cannot_hash(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.digest as digest_module
+
+    files = []
+    for i in range(2):
+        files.append(tmp_path / f"m{i}.pt")
+        files[-1].write_bytes(os.urandom(100_000 + i))
+    wait = digest_module.sha256_of_files_soon(files)
+    assert wait is not None and wait() == sha256_of_files(files) and wait()[1] == 200_001
+    assert digest_module.sha256_of_files_soon([tmp_path / "absent.pt"]) is None
+    assert digest_module.sha256_of_files_soon([tmp_path]) is None  # a folder: not a local file
+    assert digest_module.sha256_of_files_soon([]) is None
+
+    def unreadable(paths: object) -> tuple[str, int]:
+        raise PermissionError("denied")
+
+    monkeypatch.setattr(digest_module, "sha256_of_files", unreadable)
+    wait = digest_module.sha256_of_files_soon(files)
+    assert wait is not None and wait() is None  # the caller hashes again, where the error is recorded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -123,13 +124,20 @@ def check_input_shape(request: ModelRequest) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.digest import sha256_of_files_soon
+
+    request = request_from_args(args)
+    check_input_shape(request)
+    digest = sha256_of_files_soon(request.checkpoints)  # hashes while torch is imported below
+
     from pipeline.dataset.layout import utcnow
     from pipeline.dataset.store import DatasetStore
     from pipeline.extract.extractor import run_one
 
-    request = request_from_args(args)
-    check_input_shape(request)
     store = DatasetStore(args.out)
+    known = digest() if digest is not None else None
+    if known is not None:
+        request = dataclasses.replace(request, digest=known)
     result = run_one(request, store, device=args.device, force=args.force)
     if not result.skipped or result.updated:
         store.update_manifest({"command": "extract", "model_id": result.model_id,

@@ -14,6 +14,7 @@ from importlib import resources
 import pyarrow as pa
 import yaml
 
+from pipeline.dataset.arrow_columns import column_array
 from pipeline.errors import SchemaMismatchError
 
 TABLES = ("models", "layers", "filters", "failures", "probes")
@@ -131,7 +132,7 @@ def to_table(table: str, columns: dict[str, object]) -> pa.Table:
     arrays = []
     for field in schema:
         if field.name in columns:
-            array = pa.array(columns[field.name], type=field.type) if not isinstance(
+            array = column_array(columns[field.name], field.type) if not isinstance(
                 columns[field.name], (pa.Array, pa.ChunkedArray)) else columns[field.name]
             if array.type != field.type:
                 array = array.cast(field.type)

@@ -30,6 +30,7 @@ from pipeline.checkpoints.load import (
 )
 from pipeline.checkpoints.trace import bind_and_trace
 from pipeline.checkpoints.trace_cache import cached_bind_and_trace
+from pipeline.dataset.arrow_columns import dictionary_constant, numpy_array
 from pipeline.dataset.layout import filters_write_schema, slugify
 from pipeline.dataset.probe_rows import commit_probes
 from pipeline.dataset.schema import arrow_schema, to_table
@@ -136,19 +137,18 @@ def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight
     c_out, c_in = int(w.shape[0]), int(w.shape[1])
     n = c_out * c_in
     by_position = w.reshape(n, 9).T.contiguous().numpy()  # one (multi-threaded) transpose: 9 contiguous columns
-    zeros = pa.array(np.zeros(n, dtype=np.int32))
     columns = {
-        "model_id": pa.DictionaryArray.from_arrays(zeros, pa.array([model_id])),
-        "dataset": pa.DictionaryArray.from_arrays(zeros, pa.array([dataset])),
-        "model": pa.DictionaryArray.from_arrays(zeros, pa.array([slug])),
-        "member": pa.array(np.full(n, member, dtype=np.int32)),
-        "conv_index": pa.array(np.full(n, conv_index, dtype=np.int32)),
-        "out_channel": pa.array(np.repeat(np.arange(c_out, dtype=np.int32), c_in)),
-        "in_channel": pa.array(np.tile(np.arange(c_in, dtype=np.int32), c_out)),
-        "sparse": pa.array(sparse.detach().cpu().numpy().astype(bool, copy=False)),
+        "model_id": dictionary_constant(model_id, n),
+        "dataset": dictionary_constant(dataset, n),
+        "model": dictionary_constant(slug, n),
+        "member": numpy_array(np.full(n, member, dtype=np.int32)),
+        "conv_index": numpy_array(np.full(n, conv_index, dtype=np.int32)),
+        "out_channel": numpy_array(np.repeat(np.arange(c_out, dtype=np.int32), c_in)),
+        "in_channel": numpy_array(np.tile(np.arange(c_in, dtype=np.int32), c_out)),
+        "sparse": numpy_array(sparse.detach().cpu().numpy().astype(bool, copy=False)),
     }
     for k in range(9):
-        columns[f"w{k}"] = pa.array(by_position[k])
+        columns[f"w{k}"] = numpy_array(by_position[k])
     schema = filters_write_schema()
     return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
 
