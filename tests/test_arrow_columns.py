@@ -12,7 +12,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.dataset.arrow_columns import column_array, dictionary_constant, numpy_array, string_array
+from pipeline.dataset.arrow_columns import (
+    column_array,
+    dictionary_constant,
+    numpy_array,
+    string_array,
+)
 from pipeline.dataset.schema import TABLES, arrow_schema, to_table
 
 UTC = dt.timezone.utc

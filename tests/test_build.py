@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -154,6 +155,9 @@ def test_ray_backend_same_outcome_and_cli_exit_codes(tmp_path: Path, server: Che
     assert result.code == 3, result.err
     assert f"{len(GOOD)} models extracted, 0 skipped (already complete), {len(BAD)} failed" in result.out
     assert "FAILED test/bad-sha: [download] ChecksumMismatchError" in result.out
+    actor_lines = re.findall(r"^  actor (\d+): (\d+) models, .* idle (\d+\.\d)s before its first model", result.out,
+                             re.MULTILINE)
+    assert actor_lines and sum(int(models) for _, models, _ in actor_lines) == len(GOOD), result.out
     summary = type("S", (), {"done": len(GOOD), "failed": len(BAD), "exit_code": lambda self: 3})()
     assert_build_outcome(out, summary, server)
     rerun = cli(*args, "--allow-failures")

@@ -138,3 +138,38 @@ def test_a_retry_after_pauses_the_host_for_everybody_then_the_model_is_retried()
     again = scheduler.downloads_to_start()
     assert [(j.entry.model_id, j.attempt) for j in again] == [("m0", 2)]  # one Drive slot: m1 still waits
     assert failures == []
+
+
+def test_actor_clock_splits_each_window_into_busy_and_three_idle_kinds() -> None:
+    from pipeline.build.actor_time import ActorClock
+
+    clock = ActorClock(3, ready_at=10.0)
+    clock.started(0, 12.0)             # waited 2 s for its first download
+    clock.finished(0, 15.0, filters=300, extract_s=2.5)
+    clock.started(0, 15.5)             # 0.5 s between models
+    clock.finished(0, 17.0, filters=100, extract_s=1.0, counted=False)  # a skip or failure: busy, not a model
+    clock.started(1, 10.0)
+    clock.finished(1, 19.0, filters=900, extract_s=8.0)
+    rows = clock.close(20.0)           # actor 2 never got a model
+    assert [(r.models, r.filters, r.busy_s, r.extract_s, r.idle_first_s, r.idle_between_s, r.idle_last_s)
+            for r in rows] == [(1, 400, 4.5, 3.5, 2.0, 0.5, 3.0), (1, 900, 9.0, 8.0, 0.0, 0.0, 1.0),
+                               (0, 0, 0.0, 0.0, 10.0, 0.0, 0.0)]
+    assert [r.window_s for r in rows] == [10.0, 10.0, 10.0]
+    assert rows[1].filters_per_busy_s == 100.0 and rows[2].filters_per_busy_s == 0.0
+    assert rows[0].text() == ("actor 0: 1 models, 0.00 M filters, busy 4.5s (0.00 M filters/s busy), idle 2.0s before "
+                              "its first model, 0.5s between models, 3.0s after its last")
+
+
+def test_actor_clock_refuses_impossible_events_and_closes_running_work() -> None:
+    import pytest
+
+    from pipeline.build.actor_time import ActorClock
+
+    clock = ActorClock(1, ready_at=0.0)
+    with pytest.raises(ValueError, match="not given"):
+        clock.finished(0, 1.0)
+    clock.started(0, 1.0)
+    with pytest.raises(ValueError, match="while busy"):
+        clock.started(0, 2.0)
+    (row,) = clock.close(4.0)  # stopped while extracting: the time counts as busy
+    assert (row.busy_s, row.idle_first_s, row.idle_last_s, row.models) == (3.0, 1.0, 0.0, 0)

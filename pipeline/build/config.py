@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.build.actor_time import ActorTime
+
 if TYPE_CHECKING:
     from pipeline.fetch.policy import FetchPolicy
     from pipeline.probe.config import ProbeConfig
@@ -75,16 +77,16 @@ class BuildSummary:
     downloaded_bytes: int = 0
     download_seconds: float = 0.0
     extract_seconds: float = 0.0
-    wait_download_seconds: float = 0.0
-    busy_extract_seconds: float = 0.0
     wall_seconds: float = 0.0
     probed: int = 0
     probe_failed: int = 0
     failures: list[dict] = field(default_factory=list)
+    actors: list[ActorTime] = field(default_factory=list)
+    """Per extractor actor (Ray builds): models, filters, busy and idle seconds."""
 
     def __add__(self, other: BuildSummary) -> BuildSummary:
-        values = {k: getattr(self, k) + getattr(other, k) for k in asdict(self) if k != "failures"}
-        return BuildSummary(**values, failures=self.failures + other.failures)
+        values = {k: getattr(self, k) + getattr(other, k) for k in asdict(self) if k not in ("failures", "actors")}
+        return BuildSummary(**values, failures=self.failures + other.failures, actors=self.actors + other.actors)
 
     def add_probe(self, probed: bool, failure: dict | None) -> None:
         """Count one model's probe outcome (a failed probe is listed with the failures)."""
@@ -105,6 +107,7 @@ class BuildSummary:
         if self.wall_seconds > 0 and self.done:
             lines.append(f"  {60 * self.done / self.wall_seconds:.1f} models/min, "
                          f"{self.filters / self.wall_seconds / 1e6:.2f} M filters/s")
+        lines.extend("  " + actor.text() for actor in self.actors)
         for failure in self.failures:
             lines.append(f"  FAILED {failure['model_id']}: [{failure['stage']}] {failure['error_class']}: "
                          f"{failure['message']}")

@@ -32,6 +32,7 @@ import ray
 from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipeline.build.actor_time import ActorClock
 from pipeline.build.config import BuildConfig, BuildSummary
 from pipeline.build.progress import BuildProgress
 from pipeline.build.scheduler import DRIVE_HOST, BuildScheduler, Job
@@ -82,6 +83,14 @@ def download_task(fetch: Callable, entry: dict, cache_dir: str, mirror: str | No
 
 
 MAX_ACTOR_RESTARTS = 3
+
+
+def _preload_extraction() -> None:
+    """Import what an extraction needs (an import error surfaces in the first extraction, where it is recorded)."""
+    import contextlib
+
+    with contextlib.suppress(Exception):
+        import pipeline.extract.extractor  # noqa: F401
 DRIVER_TIMEOUT_GRACE_S = 30.0
 """How long past --extract-timeout the driver waits for the actor's own alarm before killing the actor."""
 
@@ -92,9 +101,13 @@ class Extractor:
 
     def __init__(self, extract: Callable, out: str, device: str, threads: int, keep_checkpoints: bool,
                  cache_budget_bytes: float | None, timeout_s: float = 0.0, probe: object | None = None) -> None:
+        import threading
+
         import torch
 
         torch.set_num_threads(max(1, threads))
+        # the extraction modules (~0.5 s of imports) load while the first download runs, not inside the first model
+        threading.Thread(target=_preload_extraction, name="preload", daemon=True).start()
         self.extract_step = extract
         self.store = DatasetStore(out)
         self.device = device
@@ -192,6 +205,7 @@ class RayBuild:
         log.info("%d extractor actor(s) on %s (%g CPU, %g GPU each)", plan.count, plan.device, plan.num_cpus,
                  plan.num_gpus)
         self.actors, self.nodes = _start_actors(plan, self.config, self.store, self.steps)
+        self.clock = ActorClock(len(self.actors), time.perf_counter())
         self.scheduler = BuildScheduler(
             self.entries, len(self.actors), max_downloads=self.config.max_downloads, prefetch=self.config.prefetch,
             retries=self.config.retries, max_actor_restarts=MAX_ACTOR_RESTARTS, on_failure=self._record_failure,
@@ -199,12 +213,13 @@ class RayBuild:
         try:
             self._loop()
         finally:
+            self.summary.actors = self.clock.close(time.perf_counter())
             for actor in self.actors:
                 ray.kill(actor)
         return self.summary
 
     def _loop(self) -> None:
-        last_progress = last_tick = time.perf_counter()
+        last_progress = time.perf_counter()
         while not self.scheduler.finished():
             self._submit()
             self.scheduler.strand_if_no_actor()
@@ -215,8 +230,6 @@ class RayBuild:
                 continue
             done, _ = ray.wait([*self.downloading, *self.extracting], num_returns=1, timeout=1.0)
             now = time.perf_counter()
-            self._account_wait(now - last_tick)
-            last_tick = now
             for ref in done:
                 last_progress = now
                 if ref in self.downloading:
@@ -240,13 +253,7 @@ class RayBuild:
             ref = self.actors[job.actor].extract.remote(asdict(job.entry), job.fetched, self.config.force)
             self.extracting[ref] = job
             self.extract_started[ref] = time.perf_counter()
-
-    def _account_wait(self, seconds: float) -> None:
-        """Time with no actor busy is time spent waiting for downloads."""
-        if any(self.scheduler.busy):
-            self.summary.busy_extract_seconds += seconds
-        else:
-            self.summary.wait_download_seconds += seconds
+            self.clock.started(job.actor, self.extract_started[ref])
 
     def _download_finished(self, ref: ray.ObjectRef) -> None:
         job = self.downloading.pop(ref)
@@ -285,6 +292,7 @@ class RayBuild:
         try:
             value = ray.get(ref)
         except RayActorError as exc:
+            self.clock.finished(job.actor, time.perf_counter(), counted=False)
             if ref in self.timed_out:
                 self.timed_out.discard(ref)
                 self.scheduler.extraction_failed(job, ExtractionTimeoutError(
@@ -295,12 +303,14 @@ class RayBuild:
             log.warning("extractor actor %d died while extracting %s (%s)%s", job.actor, job.entry.model_id,
                         type(exc).__name__, "" if alive else "; it will not be restarted")
             return
+        result = value.get("result") or {}
+        self.clock.finished(job.actor, time.perf_counter(), filters=result.get("n_filters", 0),
+                            extract_s=result.get("seconds", 0.0), counted=bool(result) and not result["skipped"])
         if "error" in value:
             failure = _as_failure(value)
             self.scheduler.extraction_failed(job, failure, transient=failure.transient)
             return
         self.scheduler.extraction_done(job)
-        result = value["result"]
         self.summary.done += not result["skipped"]
         self.summary.skipped += result["skipped"]
         self.summary.filters += result["n_filters"]
