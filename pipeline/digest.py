@@ -61,3 +61,29 @@ def sha256_of_files_soon(paths: Sequence[str | os.PathLike]) -> Callable[[], tup
         return outcome.get("digest")
 
     return wait
+
+
+class HashBehind:
+    """A sha256 fed in order from a background thread: ``update`` returns once the previous chunk is hashed.
+
+    Hashing releases the GIL, so a layer's bytes are hashed while its metrics are computed
+    (the caller must not change a chunk's buffer until the next ``update`` or ``hexdigest``).
+    """
+
+    def __init__(self, initial: bytes = b"") -> None:
+        self._hash = hashlib.sha256(initial)
+        self._thread: threading.Thread | None = None
+
+    def update(self, data: bytes | memoryview | object) -> None:
+        self._wait()
+        self._thread = threading.Thread(target=self._hash.update, args=(data,), name="sha256", daemon=True)
+        self._thread.start()
+
+    def hexdigest(self) -> str:
+        self._wait()
+        return self._hash.hexdigest()
+
+    def _wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

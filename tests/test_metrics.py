@@ -259,3 +259,27 @@ def test_cuda_matches_cpu_on_a_wide_layer() -> None:
     assert torch.equal(cpu_mask, gpu_mask.cpu())
     for field in ("sparsity", "variance_entropy", "variance_entropy_raw", "orthogonality", "weight_mean", "weight_std"):
         assert getattr(gpu, field) == pytest.approx(getattr(cpu, field), rel=1e-6, abs=1e-9), field
+
+
+@pytest.mark.parametrize("n", [0, 1, 16383, 16384, 16385, 40000])
+def test_filter_columns_and_their_maxima_equal_the_row_layout(n: int) -> None:
+    from pipeline.extract.metrics import (
+        TRANSPOSE_BLOCK,
+        column_abs_maxima,
+        filter_abs_max,
+        filter_columns,
+    )
+
+    assert TRANSPOSE_BLOCK == 16384  # the sizes above straddle its block edges
+    filters = torch.randn(n, 9, generator=torch.Generator().manual_seed(n))
+    if n > 3:
+        filters[1] = 0.0
+        filters[2, 4] = -7.5  # the maximum is a negative weight
+        filters[3, 8] = float("nan")
+    columns = filter_columns(filters)
+    assert columns.shape == (9, n) and columns.is_contiguous()
+    assert torch.equal(columns.nan_to_num(99.0), filters.T.nan_to_num(99.0))
+    got, want = column_abs_maxima(columns), filter_abs_max(filters)
+    assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))
+    if n > 3:
+        assert got[1].item() == 0.0 and got[2].item() == 7.5 and math.isnan(got[3].item())

@@ -59,6 +59,10 @@ ROW_TABLES = ("models", "failures")
 
 CONSTANT_COLUMNS = ("model_id", "dataset", "model")
 """filters columns that hold one value per model: written from dictionary arrays (no per-row strings)."""
+FILTER_STATISTICS_COLUMNS = [*CONSTANT_COLUMNS, "member", "conv_index", "out_channel", "in_channel", "sparse"]
+"""filters columns with min/max statistics per row group (what a reader can skip row groups by). The weights have
+none: every row group of a layer spans their range, so they would prune nothing, and computing them was a quarter of
+the writer's CPU (0.09 of 0.36 CPU-s per 4M filters)."""
 
 STORED_COLUMNS = ["model_id", "dataset", "model", "write_id", "n_filter_files", "checkpoint_sha256",
                   "schema_version", "source_uri", "probe_write_id", "probe_config"]

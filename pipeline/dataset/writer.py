@@ -24,6 +24,7 @@ from pipeline.dataset.layout import (
     CONSTANT_COLUMNS,
     FILTER_ROWS_PER_FILE,
     FILTER_ROWS_PER_GROUP,
+    FILTER_STATISTICS_COLUMNS,
     FLOAT_ENCODING,
     WEIGHT_COLUMNS,
     StoredModel,
@@ -77,7 +78,7 @@ class ModelWriter:
             self._open_path, self._schema, filesystem=self.store.fs, compression=COMPRESSION,
             use_dictionary=[*CONSTANT_COLUMNS, "conv_index", "sparse"],
             column_encoding={c: FLOAT_ENCODING for c in WEIGHT_COLUMNS},
-            write_statistics=True,
+            write_statistics=FILTER_STATISTICS_COLUMNS,
             store_schema=False,
         )
         self._files.append(path)

@@ -38,7 +38,12 @@ from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import sha256_of_files
 from pipeline.errors import ConfigError, NoConvWeightsError, ProbeError, ProbeUnavailableError
-from pipeline.extract.metrics import layer_metrics, weight_statistics
+from pipeline.extract.metrics import (
+    filter_columns,
+    flatten_filters,
+    layer_metrics,
+    weight_statistics,
+)
 from pipeline.extract.probe_stage import needs_probe, probe_ordered
 from pipeline.extract.row_update import update_row
 from pipeline.probe.config import ProbeConfig
@@ -131,12 +136,16 @@ def _warn_transposed(model_id: str, convs: list[ConvWeight]) -> None:
 
 
 def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight: torch.Tensor,
-                 sparse: torch.Tensor, member: int = 0) -> pa.RecordBatch:
-    """Rows of the filters table for one 3x3 layer (weights exact as float32) of ensemble member ``member``."""
-    w = weight.detach().to("cpu", torch.float32).contiguous()
-    c_out, c_in = int(w.shape[0]), int(w.shape[1])
+                 sparse: torch.Tensor, member: int = 0, columns: torch.Tensor | None = None) -> pa.RecordBatch:
+    """Rows of the filters table for one 3x3 layer (weights exact as float32) of ensemble member ``member``.
+
+    ``columns``: the layer's ``filter_columns`` (9, n) when the metrics made them, else they are made here.
+    """
+    c_out, c_in = int(weight.shape[0]), int(weight.shape[1])
     n = c_out * c_in
-    by_position = w.reshape(n, 9).T.contiguous().numpy()  # one (multi-threaded) transpose: 9 contiguous columns
+    if columns is None:
+        columns = filter_columns(flatten_filters(weight.detach()))
+    by_position = columns.to("cpu", torch.float32).contiguous().numpy()  # 9 contiguous columns
     columns = {
         "model_id": dictionary_constant(model_id, n),
         "dataset": dictionary_constant(dataset, n),
@@ -378,9 +387,10 @@ def layer_row(request: ModelRequest, slug: str, index: int, n_conv: int, conv: C
         if not n_nonfinite and on_device.numel():
             row["weight_abs_max"], row["weight_mean"], row["weight_std"] = weight_statistics(on_device)
         return row, None
-    metrics, sparse = layer_metrics(on_device)
+    columns = filter_columns(flatten_filters(on_device))  # shared by the maxima and the filters rows
+    metrics, sparse = layer_metrics(on_device, columns=columns)
     row.update(asdict(metrics))
-    return row, filter_batch(request.model_id, request.dataset, slug, index, weight, sparse, conv.member)
+    return row, filter_batch(request.model_id, request.dataset, slug, index, weight, sparse, conv.member, columns)
 
 
 def run_one(request: ModelRequest, store: DatasetStore, device: str | torch.device = "auto",

@@ -55,6 +55,36 @@ def filter_abs_max(filters: torch.Tensor) -> torch.Tensor:
     return filters.abs().amax(dim=1)
 
 
+TRANSPOSE_BLOCK = 16384
+"""Filters per block of the CPU transposition in ``filter_columns`` (blocks in cache: 4x faster than one transposed
+copy of a 4M-filter layer on 2 cores)."""
+
+
+def filter_columns(filters: torch.Tensor) -> torch.Tensor:
+    """(n, k) flattened filters as (k, n): one contiguous row per kernel position.
+
+    The filters table stores the positions as columns w0..w8, and the per-filter maxima are
+    cheapest across these rows, so both share this one copy.
+    """
+    n, k = filters.shape
+    if filters.device.type != "cpu":
+        return filters.T.contiguous()
+    columns = torch.empty((k, n), dtype=filters.dtype)
+    for start in range(0, n, TRANSPOSE_BLOCK):
+        columns[:, start:start + TRANSPOSE_BLOCK].copy_(filters[start:start + TRANSPOSE_BLOCK].T)
+    return columns
+
+
+def column_abs_maxima(columns: torch.Tensor) -> torch.Tensor:
+    """max|f| of every filter from ``filter_columns``'s (k, n) layout (equal to ``filter_abs_max``; NaN propagates)."""
+    if columns.shape[0] == 0:
+        return columns.new_zeros(columns.shape[1])
+    maxima = columns[0].abs()
+    for row in columns[1:]:
+        torch.maximum(maxima, row.abs(), out=maxima)
+    return maxima
+
+
 def sparse_mask_from_maxima(filter_max: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> torch.Tensor:
     """Sparse mask from per-filter maxima; the comparison is done in float64 so the boundary is exact."""
     maxima = filter_max.to(torch.float64)
@@ -215,17 +245,6 @@ def _chunk(filters: torch.Tensor) -> int:
     return STATISTICS_CHUNK if filters.device.type == "cpu" else max(1, filters.shape[0])
 
 
-def _abs_maxima(filters: torch.Tensor) -> torch.Tensor:
-    """max|f| of every filter (as ``filter_abs_max``), block by block on CPU."""
-    n, chunk = filters.shape[0], _chunk(filters)
-    if n <= chunk:
-        return filter_abs_max(filters)
-    maxima = torch.empty(n, dtype=filters.dtype, device=filters.device)
-    for start in range(0, n, chunk):
-        torch.amax(filters[start:start + chunk].abs(), dim=1, out=maxima[start:start + chunk])
-    return maxima
-
-
 def raw_and_scaled_statistics(filters: torch.Tensor, divisor: torch.Tensor
                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sum x, sum x x^T, sum y, sum y y^T) in float64 for the filters x (n, k) and y = x / ``divisor`` (n,).
@@ -247,7 +266,8 @@ def raw_and_scaled_statistics(filters: torch.Tensor, divisor: torch.Tensor
     return gram[2 * k, :k], gram[:k, :k], gram[2 * k, k:2 * k], gram[k:2 * k, k:2 * k]
 
 
-def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -> tuple[LayerMetrics, torch.Tensor]:
+def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD, columns: torch.Tensor | None = None
+                  ) -> tuple[LayerMetrics, torch.Tensor]:
     """Every metric of one conv layer, plus the per-filter sparse mask (on the weight's device).
 
     Built from additive sums so each quantity takes one pass over the layer: the
@@ -259,11 +279,12 @@ def layer_metrics(weight: torch.Tensor, threshold: float = SPARSITY_THRESHOLD) -
     Both sets' sums come from one blocked float64 product (``raw_and_scaled_statistics``;
     products of float32 values are exact in float64, only the additions round): sparse
     filters are divided by infinity, which makes their scaled rows exact zeros, instead
-    of being gathered out, and no float64 copy of the layer is made.
+    of being gathered out, and no float64 copy of the layer is made. ``columns``: the layer's
+    ``filter_columns``, when the caller made them already (for the filters rows).
     """
     filters = flatten_filters(weight)
     n = filters.shape[0]
-    maxima = _abs_maxima(filters)
+    maxima = column_abs_maxima(columns if columns is not None else filter_columns(filters))
     layer_max = float(maxima.max().item()) if n else math.nan
     if not math.isfinite(layer_max):  # NaN and Inf both surface in the layer's max (no filters: NaN)
         n_nonfinite = int((~torch.isfinite(filters)).sum().item())

@@ -13,7 +13,6 @@ row and the others go on.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
 import logging
 import math
@@ -31,6 +30,7 @@ from pipeline.dataset.layout import slugify
 from pipeline.dataset.schema import arrow_schema, to_table
 from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
+from pipeline.digest import HashBehind
 from pipeline.errors import ConfigError, FilterlensError, QueryError
 from pipeline.extract.extractor import layer_row, request_fields, resolve_device
 from pipeline.filterdb.layout import SOURCE_FORMAT, ReleaseLayer, ReleaseModel
@@ -200,7 +200,7 @@ def import_model(release: Release, model: ReleaseModel, spec: ModelSpec, store: 
                            source_uri=source_uri(release, model))
     slug = slugify(spec.model_id)
     depth_norms = _depth_norms(model)
-    digest = hashlib.sha256(model_header(model))
+    digest = HashBehind(model_header(model))  # hashes each layer while its metrics are computed
     writer = ModelWriter(store, spec.model_id, spec.dataset)
     rows = []
     try:
