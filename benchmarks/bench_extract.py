@@ -29,12 +29,10 @@ PHASES = {
     "floor": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq
 from pipeline.extract.extractor import filter_batch
-from pipeline.dataset.layout import COMPRESSION, CONSTANT_COLUMNS, FLOAT_ENCODING, WEIGHT_COLUMNS, FILTER_ROWS_PER_GROUP, filters_write_schema
+from pipeline.dataset.layout import FILTER_ROWS_PER_GROUP, filters_parquet_options, filters_write_schema
 t = time.perf_counter()
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
-writer = pq.ParquetWriter(OUT + "/floor.parquet", filters_write_schema(), compression=COMPRESSION,
-                          use_dictionary=[*CONSTANT_COLUMNS, "conv_index", "sparse"], store_schema=False,
-                          column_encoding={c: FLOAT_ENCODING for c in WEIGHT_COLUMNS})
+writer = pq.ParquetWriter(OUT + "/floor.parquet", filters_write_schema(), **filters_parquet_options())
 n = 0
 for i, (k, w) in enumerate(sd.items()):
     if w.ndim == 4 and tuple(w.shape[2:]) == (3, 3):

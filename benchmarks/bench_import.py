@@ -4,10 +4,11 @@ For each size (filters) a release is generated in the authors' layout (dataset.h
 (N, 3, 3) float32, filterinfo.csv, datastorage.meta.csv, meta.csv; models of 25 3x3 layers,
 WideResNet-28-10 shapes, 4.0M filters each), then, each in a fresh process:
 
-* read: every layer's range read with h5py, as the import reads it (the floor);
+* read: every layer's range read with h5py, as the import reads it;
+* floor: the same reads, written as filters rows with the store's Parquet settings (no metrics, no commits);
 * import: the full import into a new dataset (metrics, filters rows, commits).
 
-Prints filters/s of both, the import/read time ratio and each process's peak RSS, so
+Prints filters/s of each, the import/read and import/floor time ratios and each process's peak RSS, so
 memory can be compared across file sizes.
 
     python benchmarks/bench_import.py [--filters 5000000 20000000] [--work DIR] [--device cpu]
@@ -82,6 +83,39 @@ def child_read(release: str) -> dict:
     return {"filters": n, "seconds": time.perf_counter() - started}
 
 
+def child_floor(release: str, out: str) -> dict:
+    """Read every layer's range and write it as filters rows with the store's Parquet settings: no metrics, no
+    commit. The least an import that writes filters rows can cost; import / floor is what the metrics and the
+    per-model commits add."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipeline.dataset.layout import (
+        FILTER_ROWS_PER_GROUP,
+        filters_parquet_options,
+        filters_write_schema,
+    )
+    from pipeline.extract.extractor import filter_batch
+    from pipeline.filterdb.reader import open_release
+
+    started = time.perf_counter()
+    n = 0
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with open_release(release) as r:
+        for model in r.models:
+            path = f"{out}/{model.name}.parquet"
+            with pq.ParquetWriter(path, filters_write_schema(), **filters_parquet_options()) as writer:
+                for index, layer in enumerate(model.layers):
+                    weight = torch.from_numpy(r.read(layer.start, layer.end).reshape(
+                        layer.out_channels, layer.in_channels, 3, 3))
+                    sparse = torch.zeros(weight.shape[0] * weight.shape[1], dtype=torch.bool)
+                    batch = filter_batch(model.name, "cifar10", model.name, index, weight, sparse)
+                    writer.write_table(pa.Table.from_batches([batch]), row_group_size=FILTER_ROWS_PER_GROUP)
+                    n += batch.num_rows
+    return {"filters": n, "seconds": time.perf_counter() - started}
+
+
 def child_import(release: str, out: str, device: str) -> dict:
     from pipeline.filterdb.importer import import_release
 
@@ -107,7 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = child_read(rest[0]) if kind == "read" else child_import(rest[0], rest[1], rest[2])
+        children = {"read": child_read, "floor": child_floor, "import": child_import}
+        result = children[kind](*rest)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -120,6 +155,7 @@ def main() -> None:
             total = generate(release, size)
             generated = time.perf_counter() - started
             read = run_child("read", str(release))
+            floor = run_child("floor", str(release), str(work / f"floor-{size}"))
             imported = run_child("import", str(release), str(work / f"dataset-{size}"), args.device)
             rows.append({"filters": total, "h5_gb": round(os.path.getsize(release / "dataset.h5") / 1e9, 2),
                          "generate_s": round(generated, 1),
@@ -128,9 +164,12 @@ def main() -> None:
                          "import_filters_per_s": round(imported["filters"] / imported["seconds"]),
                          "import_s": round(imported["seconds"], 1),
                          "import_peak_rss_mb": round(imported["peak_rss_mb"]),
-                         "import_over_read": round(imported["seconds"] / read["seconds"], 1)})
+                         "floor_filters_per_s": round(floor["filters"] / floor["seconds"]),
+                         "import_over_read": round(imported["seconds"] / read["seconds"], 1),
+                         "import_over_floor": round(imported["seconds"] / floor["seconds"], 2)})
             print(json.dumps(rows[-1]), flush=True)
             shutil.rmtree(work / f"dataset-{size}", ignore_errors=True)
+            shutil.rmtree(work / f"floor-{size}", ignore_errors=True)
             shutil.rmtree(release, ignore_errors=True)
     finally:
         if not args.work:

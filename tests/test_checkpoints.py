@@ -296,3 +296,23 @@ def test_hashing_ahead_gives_the_same_digest_and_declines_what_it_cannot_hash(tm
     monkeypatch.setattr(digest_module, "sha256_of_files", unreadable)
     wait = digest_module.sha256_of_files_soon(files)
     assert wait is not None and wait() is None  # the caller hashes again, where the error is recorded
+
+
+def test_hash_behind_equals_hashing_in_order_whatever_the_chunking() -> None:
+    import hashlib
+
+    from pipeline.digest import HashBehind
+
+    rng = np.random.default_rng(3)
+    chunks = [rng.standard_normal(n).astype(np.float32) for n in (0, 1, 9, 4096, 100_003)]
+    behind = HashBehind(b"header")
+    for chunk in chunks:
+        behind.update(memoryview(chunk).cast("B"))
+    expected = hashlib.sha256(b"header" + b"".join(c.tobytes() for c in chunks)).hexdigest()
+    assert behind.hexdigest() == expected
+    assert behind.hexdigest() == expected  # asking twice changes nothing
+    assert HashBehind().hexdigest() == hashlib.sha256(b"").hexdigest()
+    reordered = HashBehind(b"header")
+    for chunk in reversed(chunks):
+        reordered.update(chunk.tobytes())
+    assert reordered.hexdigest() != expected  # the order of the bytes is hashed, not their set

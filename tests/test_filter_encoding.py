@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from zoo_fixtures import tiny_bytes
 
-from pipeline.dataset import layout, writer
+from pipeline.dataset import layout
 from pipeline.dataset.query import open_dataset
 from pipeline.dataset.store import DatasetStore
 from pipeline.extract.extractor import extract_model
@@ -27,10 +27,11 @@ def test_zstd_files_of_the_previous_default_read_like_new_ones(tmp_path: Path, m
     checkpoint = tmp_path / "tiny.pt"
     checkpoint.write_bytes(tiny_bytes(3))
     store = DatasetStore(str(tmp_path / "ds"))
-    monkeypatch.setattr(writer, "COMPRESSION", "zstd")
+    default = layout.COMPRESSION
+    monkeypatch.setattr(layout, "COMPRESSION", "zstd")  # what layout.filters_parquet_options() hands the writer
     extract_model(ModelRequest("t/old", checkpoints=[str(checkpoint)], dataset="cifar10"), store, device="cpu",
                   progress=False)
-    monkeypatch.setattr(writer, "COMPRESSION", layout.COMPRESSION)
+    monkeypatch.setattr(layout, "COMPRESSION", default)
     extract_model(ModelRequest("t/new", checkpoints=[str(checkpoint)], dataset="cifar10"), store, device="cpu",
                   progress=False)
     assert _codecs(tmp_path / "ds", "old") == {"ZSTD"}

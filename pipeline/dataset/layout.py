@@ -64,6 +64,14 @@ FILTER_STATISTICS_COLUMNS = [*CONSTANT_COLUMNS, "member", "conv_index", "out_cha
 none: every row group of a layer spans their range, so they would prune nothing, and computing them was a quarter of
 the writer's CPU (0.09 of 0.36 CPU-s per 4M filters)."""
 
+
+def filters_parquet_options() -> dict:
+    """pyarrow ``ParquetWriter`` keyword arguments of every filters file: the store's writer, re-chunking for the
+    Hub and the benchmarks' I/O floors all write with these, so they encode alike."""
+    return {"compression": COMPRESSION, "use_dictionary": [*CONSTANT_COLUMNS, "conv_index", "sparse"],
+            "column_encoding": {c: FLOAT_ENCODING for c in WEIGHT_COLUMNS},
+            "write_statistics": FILTER_STATISTICS_COLUMNS, "store_schema": False}
+
 STORED_COLUMNS = ["model_id", "dataset", "model", "write_id", "n_filter_files", "checkpoint_sha256",
                   "schema_version", "source_uri", "probe_write_id", "probe_config"]
 """The models columns that say where a committed model's files are (see ``StoredModel``)."""

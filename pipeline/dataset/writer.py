@@ -20,14 +20,10 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.atomic_write import temp_sibling
 from pipeline.dataset.layout import (
-    COMPRESSION,
-    CONSTANT_COLUMNS,
     FILTER_ROWS_PER_FILE,
     FILTER_ROWS_PER_GROUP,
-    FILTER_STATISTICS_COLUMNS,
-    FLOAT_ENCODING,
-    WEIGHT_COLUMNS,
     StoredModel,
+    filters_parquet_options,
     filters_write_schema,
     new_write_id,
     slugify,
@@ -75,12 +71,7 @@ class ModelWriter:
         self.store.fs.create_dir(self.filters_dir, recursive=True)
         self._open_path = temp_sibling(path) if self.store.local else path
         self._writer = pq.ParquetWriter(
-            self._open_path, self._schema, filesystem=self.store.fs, compression=COMPRESSION,
-            use_dictionary=[*CONSTANT_COLUMNS, "conv_index", "sparse"],
-            column_encoding={c: FLOAT_ENCODING for c in WEIGHT_COLUMNS},
-            write_statistics=FILTER_STATISTICS_COLUMNS,
-            store_schema=False,
-        )
+            self._open_path, self._schema, filesystem=self.store.fs, **filters_parquet_options())
         self._files.append(path)
         self._file_rows = 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.dataset.layout import COMPRESSION, CONSTANT_COLUMNS, FLOAT_ENCODING, WEIGHT_COLUMNS
+from pipeline.dataset.layout import COMPRESSION, filters_parquet_options
 from pipeline.dataset.schema import arrow_schema
 from pipeline.publish import limits
 
@@ -41,9 +41,7 @@ def _rebatch(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[pa.Table]
 def _writer(path: Path, schema: pa.Schema, table: str) -> pq.ParquetWriter:
     """A writer with the store's encodings, so re-chunked files read exactly like the originals."""
     if table == "filters":
-        return pq.ParquetWriter(path, schema, compression=COMPRESSION, write_statistics=True, store_schema=False,
-                                use_dictionary=[*CONSTANT_COLUMNS, "conv_index", "sparse"],
-                                column_encoding={c: FLOAT_ENCODING for c in WEIGHT_COLUMNS})
+        return pq.ParquetWriter(path, schema, **filters_parquet_options())
     return pq.ParquetWriter(path, schema, compression=COMPRESSION, write_statistics=True)
 
 
