@@ -11,7 +11,7 @@ WideResNet-28-10 shapes, 4.0M filters each), then, each in a fresh process:
 Prints filters/s of each, the import/read and import/floor time ratios and each process's peak RSS, so
 memory can be compared across file sizes.
 
-    python benchmarks/bench_import.py [--filters 5000000 20000000] [--work DIR] [--device cpu]
+    python benchmarks/bench_import.py [--filters 5000000 20000000] [--work DIR] [--device cpu] [--cold]
 """
 
 from __future__ import annotations
@@ -125,7 +125,16 @@ def child_import(release: str, out: str, device: str) -> dict:
     return {"filters": summary.n_filters, "seconds": summary.seconds}
 
 
-def run_child(*args: str) -> dict:
+def drop_page_cache() -> None:
+    """Empty the kernel's page cache (root on Linux), so a child reads dataset.h5 from the disk, as a first import
+    of a downloaded release does."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run_child(*args: str, cold: bool = False) -> dict:
+    if cold:
+        drop_page_cache()
     out = subprocess.run([sys.executable, __file__, "--child", *args], check=True, capture_output=True, text=True,
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -137,6 +146,8 @@ def main() -> None:
                         help="sizes of the generated releases, in filters (the issue's goal: 50000000)")
     parser.add_argument("--work", help="folder for the releases and datasets (default: a temp folder, removed)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cold", action="store_true",
+                        help="drop the page cache before each child (root on Linux): reads come from the disk")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -154,9 +165,9 @@ def main() -> None:
             started = time.perf_counter()
             total = generate(release, size)
             generated = time.perf_counter() - started
-            read = run_child("read", str(release))
-            floor = run_child("floor", str(release), str(work / f"floor-{size}"))
-            imported = run_child("import", str(release), str(work / f"dataset-{size}"), args.device)
+            read = run_child("read", str(release), cold=args.cold)
+            floor = run_child("floor", str(release), str(work / f"floor-{size}"), cold=args.cold)
+            imported = run_child("import", str(release), str(work / f"dataset-{size}"), args.device, cold=args.cold)
             rows.append({"filters": total, "h5_gb": round(os.path.getsize(release / "dataset.h5") / 1e9, 2),
                          "generate_s": round(generated, 1),
                          "read_filters_per_s": round(read["filters"] / read["seconds"]),
