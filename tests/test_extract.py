@@ -313,3 +313,44 @@ def test_a_timm_served_entry_binds_from_its_release_layout(tmp_path: Path) -> No
     assert first == "model.patch_embed.proj.0.0"
     expected = model.model.patch_embed.proj[0][0].weight[5, 2].detach().reshape(-1).numpy()
     assert np.array_equal(np.array(w, dtype=np.float32), expected)
+
+
+def test_the_cpu_layer_loop_leaves_a_core_to_the_writer_and_restores_torch_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from pipeline.extract import extractor
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert extractor.layer_loop_threads(torch.device("cpu")) == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert extractor.layer_loop_threads(torch.device("cpu")) == 1
+    assert extractor.layer_loop_threads(torch.device("meta")) is None  # not a CPU: no change
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with extractor.torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with extractor.torch_threads(5):  # never raised above what the process has
+            assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), extractor.torch_threads(1):
+            raise RuntimeError("a failed layer")
+        assert torch.get_num_threads() == 2  # restored after a failure too
+
+        seen = []
+        real = extractor._write_layers
+
+        def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            seen.append(torch.get_num_threads())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(extractor, "_write_layers", spy)
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+        save({"conv.weight": torch.randn(8, 3, 3, 3)}, tmp_path / "m.pt")
+        extract_model(ModelRequest("t/threads", checkpoints=[str(tmp_path / "m.pt")], dataset="cifar10"),
+                      DatasetStore(str(tmp_path / "ds")), device="cpu", progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -236,10 +236,12 @@ def _onnx_convs(path: Path) -> tuple[list[ConvWeight], int]:
 
 
 def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike],
-                    digest: tuple[str, int] | None = None) -> LoadedCheckpoint:
+                    digest: tuple[str, int] | None = None, hash_files: bool = True) -> LoadedCheckpoint:
     """Load one checkpoint file, or several files that form one ensemble, safely.
 
-    ``digest`` is the (sha256, bytes) of the files when the caller already has it.
+    ``digest`` is the (sha256, bytes) of the files when the caller already has it. With
+    ``hash_files=False`` and no digest, ``sha256`` is left empty for the caller to fill in
+    (``extract_model`` hashes in a thread while it extracts).
 
     Raises CheckpointNotFoundError, NotACheckpointError, CorruptCheckpointError,
     UnsafeCheckpointError or NoConvWeightsError with a one-line explanation.
@@ -253,7 +255,7 @@ def load_checkpoint(paths: str | os.PathLike | Sequence[str | os.PathLike],
         if not path.is_file():
             raise CheckpointNotFoundError(f"{path}: no such checkpoint file")
     formats = [detect_format(p) for p in paths]
-    sha256, n_bytes = digest or sha256_of_files(paths)
+    sha256, n_bytes = digest or (sha256_of_files(paths) if hash_files else ("", 0))
     loaded = LoadedCheckpoint(paths=[str(p) for p in paths], format=formats[0], sha256=sha256, n_bytes=n_bytes)
 
     if "onnx" in formats:

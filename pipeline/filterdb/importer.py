@@ -32,7 +32,13 @@ from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import HashBehind
 from pipeline.errors import ConfigError, FilterlensError, QueryError
-from pipeline.extract.extractor import layer_row, request_fields, resolve_device
+from pipeline.extract.extractor import (
+    layer_loop_threads,
+    layer_row,
+    request_fields,
+    resolve_device,
+    torch_threads,
+)
 from pipeline.filterdb.layout import SOURCE_FORMAT, ReleaseLayer, ReleaseModel
 from pipeline.filterdb.metadata import model_spec
 from pipeline.filterdb.reader import Release, model_header, open_release
@@ -199,30 +205,37 @@ def import_model(release: Release, model: ReleaseModel, spec: ModelSpec, store: 
     request = ModelRequest(**{**asdict(spec)}, checkpoints=[release.h5_path],
                            source_uri=source_uri(release, model))
     slug = slugify(spec.model_id)
-    depth_norms = _depth_norms(model)
     digest = HashBehind(model_header(model))  # hashes each layer while its metrics are computed
     writer = ModelWriter(store, spec.model_id, spec.dataset)
     rows = []
     try:
-        for index, layer in enumerate(model.layers):
-            filters = release.read(layer.start, layer.end)
-            digest.update(filters)
-            check_finite(model, layer, filters)
-            weight, dtype_name = _weight(filters, layer)
-            conv = ConvWeight(name=f"layer{layer.layer_id}", weight=weight, source_dtype=dtype_name)
-            row, batch = layer_row(request, slug, index, len(model.layers), conv, device)
-            row["conv_depth_norm"] = depth_norms[index]
-            row["member_robust"] = spec.robust
-            rows.append(row)
-            writer.add_filters(batch)
-            if bar is not None:
-                bar.update(layer.n_filters)
+        with torch_threads(layer_loop_threads(device)):
+            _import_layers(release, model, request, slug, device, digest, writer, rows, bar)
         layers = to_table("layers", {k: [r.get(k) for r in rows] for k in arrow_schema("layers").names})
         writer.commit(layers, _model_row(release, model, request, digest.hexdigest(), device, started))
     except BaseException:
         writer.abort()
         raise
     return writer.n_filters
+
+
+def _import_layers(release: Release, model: ReleaseModel, request: ModelRequest, slug: str, device: torch.device,
+                   digest: HashBehind, writer: ModelWriter, rows: list[dict], bar: object | None) -> None:
+    """Each layer's filters: read, hashed behind, checked, its layers row into ``rows``, its filters rows written."""
+    depth_norms = _depth_norms(model)
+    for index, layer in enumerate(model.layers):
+        filters = release.read(layer.start, layer.end)
+        digest.update(filters)
+        check_finite(model, layer, filters)
+        weight, dtype_name = _weight(filters, layer)
+        conv = ConvWeight(name=f"layer{layer.layer_id}", weight=weight, source_dtype=dtype_name)
+        row, batch = layer_row(request, slug, index, len(model.layers), conv, device)
+        row["conv_depth_norm"] = depth_norms[index]
+        row["member_robust"] = request.robust
+        rows.append(row)
+        writer.add_filters(batch)
+        if bar is not None:
+            bar.update(layer.n_filters)
 
 
 def _depth_norms(model: ReleaseModel) -> list[float]:
