@@ -49,7 +49,7 @@ GPU_ARCH ?= robustbench:cifar10:Linf:Gowal2020Uncovering_70_16
 bench-gpu: $(STAMP)
 	@if $(BIN)/python -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
 	  set -e; work=$$(mktemp -d /tmp/filterlens-bench-gpu-XXXXXX); \
-	  $(BIN)/python -m pytest -q tests/test_metrics.py -k cuda; \
+	  $(BIN)/python -m pytest -q tests/test_metrics.py tests/test_probe.py -k cuda; \
 	  $(BIN)/python benchmarks/make_checkpoint.py --arch $(GPU_ARCH) --wrap state_dict --prefix module. \
 	    --out $$work/$$(echo $(GPU_ARCH) | sed 's/.*://').pt; \
 	  $(BIN)/python benchmarks/bench_metrics.py --device cuda --checkpoint $$work/$$(echo $(GPU_ARCH) | sed 's/.*://').pt --repeat 5; \
