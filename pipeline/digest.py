@@ -73,11 +73,19 @@ class HashBehind:
     def __init__(self, initial: bytes = b"") -> None:
         self._hash = hashlib.sha256(initial)
         self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def update(self, data: bytes | memoryview | object) -> None:
+        """Hash ``data`` (any contiguous buffer) after the chunks before it; raises what hashing those raised."""
         self._wait()
-        self._thread = threading.Thread(target=self._hash.update, args=(data,), name="sha256", daemon=True)
+        self._thread = threading.Thread(target=self._feed, args=(data,), name="sha256", daemon=True)
         self._thread.start()
+
+    def _feed(self, data: object) -> None:
+        try:
+            self._hash.update(data)  # type: ignore[arg-type]
+        except BaseException as exc:  # raised again by the caller's next update or hexdigest
+            self._error = exc
 
     def hexdigest(self) -> str:
         self._wait()
@@ -87,3 +95,6 @@ class HashBehind:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error

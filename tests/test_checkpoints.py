@@ -316,3 +316,8 @@ def test_hash_behind_equals_hashing_in_order_whatever_the_chunking() -> None:
     for chunk in reversed(chunks):
         reordered.update(chunk.tobytes())
     assert reordered.hexdigest() != expected  # the order of the bytes is hashed, not their set
+
+    failing = HashBehind()
+    failing.update(np.arange(10, dtype=np.float32)[::2])  # not contiguous: hashlib refuses it, in the thread
+    with pytest.raises((BufferError, TypeError, ValueError)):
+        failing.hexdigest()  # raised where the caller is, not lost in the thread
