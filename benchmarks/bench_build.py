@@ -57,7 +57,7 @@ def make_zoo(work: Path) -> Path:
 
 
 class WorkerRss(threading.Thread):
-    """Samples the resident memory (from /proc, Linux) of the Ray processes started by this process."""
+    """Samples the peak resident memory (VmHWM from /proc, Linux) of the Ray processes started by this process."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
@@ -86,7 +86,7 @@ class WorkerRss(threading.Thread):
                 try:
                     cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                     rss_kb = next(int(line.split()[1]) for line in (proc / "status").read_text().splitlines()
-                                  if line.startswith("VmRSS:"))
+                                  if line.startswith("VmHWM:"))
                 except (OSError, StopIteration, ValueError):
                     continue
                 kind = cmd.split("ray::", 1)[1].split()[0].split(".")[0] if "ray::" in cmd else "ray-system"
@@ -99,6 +99,7 @@ def run_once(zoo: Path, work: Path, mirror_url: str, actors: int) -> dict:
 import json, resource, threading, sys, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from bench_build import WorkerRss
+from peak_rss import peak_rss_mb
 import ray
 ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
 rss = WorkerRss(); rss.start()
@@ -108,7 +109,7 @@ s = build_zoo({str(zoo)!r}, {str(work / f"ds-{actors}")!r}, force=True, progress
 rss.stop.set(); rss.join()
 print("RESULT " + json.dumps({{"done": s.done, "failed": s.failed, "filters": s.filters, "wall": s.wall_seconds,
     "actors": [dict(vars(a)) for a in s.actors],
-    "downloaded_mb": s.downloaded_bytes / 1e6, "driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "downloaded_mb": s.downloaded_bytes / 1e6, "driver_rss_mb": peak_rss_mb(),
     "worker_rss_mb": {{k: v / 2**20 for k, v in rss.peak.items()}}}}))
 """
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "TQDM_DISABLE": "1",

@@ -90,7 +90,8 @@ def run_phase(name: str, checkpoint: Path, out: Path, device: str, arch: str = A
     """Run one phase in a fresh interpreter; returns its result plus peak RSS."""
     code = (f"CKPT, OUT, ARCH, DEVICE = {str(checkpoint)!r}, {str(out)!r}, {arch!r}, {device!r}\n"
             + PHASES[name] + "\nimport json, resource, sys\n"
-            "RESULT['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+            f"sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom peak_rss import peak_rss_mb\n"
+            "RESULT['peak_rss_mb'] = peak_rss_mb()\n"
             "sys.stdout.write('RESULT ' + json.dumps(RESULT) + '\\n')\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "TQDM_DISABLE": "1"})

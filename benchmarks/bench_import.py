@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peak_rss import peak_rss_mb  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_SHAPES = [(16, 3)] + [(160, 16), (160, 160)] + [(160, 160)] * 6 + [(320, 160)] + [(320, 320)] * 7 + \
@@ -154,7 +156,7 @@ def main() -> None:
         kind, *rest = args.child
         children = {"read": child_read, "floor": child_floor, "import": child_import}
         result = children[kind](*rest)
-        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["peak_rss_mb"] = peak_rss_mb()
         print(json.dumps(result))
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-import-"))

@@ -48,16 +48,21 @@ def read_floor(root: str, threads: int) -> dict:
 def run_stats_cli(root: str, out: str, threads: int, engine: str) -> dict:
     """``filterlens stats`` in a subprocess: wall time, the child's own peak RSS, the passes' rates."""
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", "stats", root, "--out", out, "--threads",
-                             str(threads), "--engine", engine], cwd=os.path.join(os.path.dirname(__file__), ".."),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
+    # The child reports its own peak RSS as it exits (a wait4 ru_maxrss would start from this process's size).
+    code = (f"import atexit, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})\n"
+            "from peak_rss import peak_rss_mb\n"
+            "atexit.register(lambda: sys.stderr.write(f'PEAK_RSS_MB {peak_rss_mb()}\\n'))\n"
+            "from pipeline.cli.main import main\nsys.exit(main())\n")
+    proc = subprocess.run([sys.executable, "-c", code, "-q", "stats", root, "--out", out, "--threads", str(threads),
+                           "--engine", engine], cwd=os.path.join(os.path.dirname(__file__), ".."),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"filterlens stats failed: {proc.stderr.read().strip()}")
+    if proc.returncode:
+        raise SystemExit(f"filterlens stats failed: {proc.stderr.strip()}")
+    peak = next(float(line.split()[1]) for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_MB "))
     with open(os.path.join(out, "run.json")) as f:
         timings = json.load(f)["timings"]
-    return {"engine": engine, "wall_s": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "timings": timings,
+    return {"engine": engine, "wall_s": wall, "peak_rss_mib": peak, "timings": timings,
             "range_pass_filters_per_s": timings["range_pass_filters"] / timings["range_pass"],
             "range_pass_filters_per_cpu_s": timings["range_pass_filters"] / timings["range_pass_cpu"],
             "histogram_pass_filters_per_s": timings["histogram_pass_filters"] / timings["histogram_pass"],
