@@ -84,7 +84,7 @@ class HashBehind:
     def _feed(self, data: object) -> None:
         try:
             self._hash.update(data)  # type: ignore[arg-type]
-        except BaseException as exc:  # raised again by the caller's next update or hexdigest
+        except BaseException as exc:  # raised by the caller's next update or hexdigest, and every one after
             self._error = exc
 
     def hexdigest(self) -> str:
@@ -95,6 +95,5 @@ class HashBehind:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        if self._error is not None:  # kept: every later call raises it too, so no digest misses the chunk
+            raise self._error

@@ -319,5 +319,8 @@ def test_hash_behind_equals_hashing_in_order_whatever_the_chunking() -> None:
 
     failing = HashBehind()
     failing.update(np.arange(10, dtype=np.float32)[::2])  # not contiguous: hashlib refuses it, in the thread
+    for _ in range(2):  # raised where the caller is, not lost in the thread, and again: never a digest without it
+        with pytest.raises((BufferError, TypeError, ValueError)):
+            failing.hexdigest()
     with pytest.raises((BufferError, TypeError, ValueError)):
-        failing.hexdigest()  # raised where the caller is, not lost in the thread
+        failing.update(b"more")

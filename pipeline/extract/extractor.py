@@ -86,7 +86,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def layer_loop_threads(device: torch.device) -> int | None:
     """torch intra-op threads for the per-layer loop on CPU: one core fewer than the process may use (at least 1),
-    leaving one to the writer's encoding thread and the digest thread; None (no change) on a GPU.
+    leaving one to the writer's encoding thread and the digest thread; None (no change) on a GPU. It only lowers
+    torch's threads when they would take every core (``torch_threads`` never raises them): a Ray actor with
+    ``OMP_NUM_THREADS`` below the cores, or torch on the physical cores of an SMT host, keeps its setting.
 
     The loop's products are small (a 640x5760 Gram, 16384-row blocks of the sums): with every core
     given to torch as well, the threads oversubscribe the cores and spin. On 2 cores a WRN-28-10
