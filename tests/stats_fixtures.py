@@ -19,7 +19,7 @@ from pipeline.dataset.layout import slugify
 from pipeline.dataset.schema import to_table
 from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
-from pipeline.extract.extractor import filter_batch
+from pipeline.extract.filter_rows import filter_batch
 from pipeline.extract.metrics import layer_metrics, weight_statistics
 
 

@@ -204,7 +204,7 @@ def test_vacuum_removes_only_unreferenced_files_past_the_retention(dataset_with_
     root = dataset_with_good_model
     store = DatasetStore(str(root))
     writer = ModelWriter(store, "ghost", "cifar10")
-    from pipeline.extract.extractor import filter_batch
+    from pipeline.extract.filter_rows import filter_batch
 
     writer.add_filters(filter_batch("ghost", "cifar10", slugify("ghost"), 0, torch.randn(2, 2, 3, 3),
                                     torch.zeros(4, dtype=torch.bool)))
@@ -223,7 +223,7 @@ def test_vacuum_removes_only_unreferenced_files_past_the_retention(dataset_with_
 
 def test_a_commit_whose_files_were_vacuumed_is_refused(dataset_with_good_model: Path) -> None:
     from pipeline.errors import StoreError
-    from pipeline.extract.extractor import filter_batch
+    from pipeline.extract.filter_rows import filter_batch
 
     store = DatasetStore(str(dataset_with_good_model))
     writer = ModelWriter(store, "late", "cifar10")

@@ -319,23 +319,23 @@ def test_the_cpu_layer_loop_leaves_a_core_to_the_writer_and_restores_torch_threa
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from pipeline.extract import extractor
+    from pipeline.extract import extractor, threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
-    assert extractor.layer_loop_threads(torch.device("cpu")) == 3
+    assert threads.layer_loop_threads(torch.device("cpu")) == 3
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
-    assert extractor.layer_loop_threads(torch.device("cpu")) == 1
-    assert extractor.layer_loop_threads(torch.device("meta")) is None  # not a CPU: no change
+    assert threads.layer_loop_threads(torch.device("cpu")) == 1
+    assert threads.layer_loop_threads(torch.device("meta")) is None  # not a CPU: no change
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with extractor.torch_threads(1):
+        with threads.torch_threads(1):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with extractor.torch_threads(5):  # never raised above what the process has
+        with threads.torch_threads(5):  # never raised above what the process has
             assert torch.get_num_threads() == 2
-        with pytest.raises(RuntimeError), extractor.torch_threads(1):
+        with pytest.raises(RuntimeError), threads.torch_threads(1):
             raise RuntimeError("a failed layer")
         assert torch.get_num_threads() == 2  # restored after a failure too
 

@@ -7,15 +7,13 @@ scheduling. One model is the unit of work, of failure and of idempotency.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import pyarrow as pa
 import torch
 from tqdm import tqdm
@@ -31,14 +29,14 @@ from pipeline.checkpoints.load import (
 )
 from pipeline.checkpoints.trace import bind_and_trace
 from pipeline.checkpoints.trace_cache import cached_bind_and_trace
-from pipeline.dataset.arrow_columns import dictionary_constant, numpy_array
-from pipeline.dataset.layout import filters_write_schema, slugify
+from pipeline.dataset.layout import slugify
 from pipeline.dataset.probe_rows import commit_probes
 from pipeline.dataset.schema import arrow_schema, to_table
 from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import sha256_of_files, sha256_of_files_soon
 from pipeline.errors import ConfigError, NoConvWeightsError, ProbeError, ProbeUnavailableError
+from pipeline.extract.filter_rows import filter_batch
 from pipeline.extract.metrics import (
     filter_columns,
     flatten_filters,
@@ -47,6 +45,7 @@ from pipeline.extract.metrics import (
 )
 from pipeline.extract.probe_stage import needs_probe, probe_ordered
 from pipeline.extract.row_update import update_row
+from pipeline.extract.threads import layer_loop_threads, torch_threads
 from pipeline.probe.config import ProbeConfig
 from pipeline.zoo.spec import ModelRequest
 
@@ -82,36 +81,6 @@ def resolve_device(device: str = "auto") -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-
-
-def layer_loop_threads(device: torch.device) -> int | None:
-    """torch intra-op threads for the per-layer loop on CPU: one core fewer than the process may use (at least 1),
-    leaving one to the writer's encoding thread and the digest thread; None (no change) on a GPU. It only lowers
-    torch's threads when they would take every core (``torch_threads`` never raises them): a Ray actor with
-    ``OMP_NUM_THREADS`` below the cores, or torch on the physical cores of an SMT host, keeps its setting.
-
-    The loop's products are small (a 640x5760 Gram, 16384-row blocks of the sums): with every core
-    given to torch as well, the threads oversubscribe the cores and spin. On 2 cores a WRN-28-10
-    extraction took 0.79 s wall and 1.45 CPU-s with 2 torch threads, 0.59 s and 0.97 CPU-s with 1.
-    """
-    if device.type != "cpu":
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores - 1)
-
-
-@contextlib.contextmanager
-def torch_threads(limit: int | None) -> Iterator[None]:
-    """Cap torch's intra-op threads at ``limit`` inside the block (never raise them), then restore them."""
-    before = torch.get_num_threads()
-    if limit is None or limit >= before:
-        yield
-        return
-    torch.set_num_threads(limit)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _num_classes(state_dicts: Sequence[dict[str, torch.Tensor]]) -> int | None:
@@ -166,33 +135,6 @@ def _warn_transposed(model_id: str, convs: list[ConvWeight]) -> None:
                     "keep only nn.Conv2d", model_id, len(names), ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
 
 
-def filter_batch(model_id: str, dataset: str, slug: str, conv_index: int, weight: torch.Tensor,
-                 sparse: torch.Tensor, member: int = 0, columns: torch.Tensor | None = None) -> pa.RecordBatch:
-    """Rows of the filters table for one 3x3 layer (weights exact as float32) of ensemble member ``member``.
-
-    ``columns``: the layer's ``filter_columns`` (9, n) when the metrics made them, else they are made here.
-    """
-    c_out, c_in = int(weight.shape[0]), int(weight.shape[1])
-    n = c_out * c_in
-    if columns is None:
-        columns = filter_columns(flatten_filters(weight.detach()))
-    by_position = columns.to("cpu", torch.float32).contiguous().numpy()  # 9 contiguous columns
-    columns = {
-        "model_id": dictionary_constant(model_id, n),
-        "dataset": dictionary_constant(dataset, n),
-        "model": dictionary_constant(slug, n),
-        "member": numpy_array(np.full(n, member, dtype=np.int32)),
-        "conv_index": numpy_array(np.full(n, conv_index, dtype=np.int32)),
-        "out_channel": numpy_array(np.repeat(np.arange(c_out, dtype=np.int32), c_in)),
-        "in_channel": numpy_array(np.tile(np.arange(c_in, dtype=np.int32), c_out)),
-        "sparse": numpy_array(sparse.detach().cpu().numpy().astype(bool, copy=False)),
-    }
-    for k in range(9):
-        columns[f"w{k}"] = numpy_array(by_position[k])
-    schema = filters_write_schema()
-    return pa.RecordBatch.from_arrays([columns[name] for name in schema.names], schema=schema)
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -209,11 +151,7 @@ def extract_model(request: ModelRequest, store: DatasetStore, device: str | torc
     """
     started = time.perf_counter()
     torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-    hashing = None
-    if request.digest is None and (force or not store.is_complete(request.model_id)):
-        # Nothing to compare a digest with: hash the files in a thread while the model is extracted.
-        hashing = sha256_of_files_soon(request.checkpoints)
-    digest = None if hashing is not None else _known_digest(request)
+    digest, hashing = _digest_now_or_later(request, store, force)
     if digest and not force and store.is_complete(request.model_id, digest[0]):
         updated = update_row(store, request.model_id, request)
         if updated is not None:  # same bytes: only new metadata, written into the row (or nothing to do)
@@ -286,6 +224,17 @@ def _record_probe_failure(store: DatasetStore, request: ModelRequest, exc: Probe
     log.error("%s", exc)
     return store.record_failure(request.model_id, request.dataset,
                                 request.source_uri or " ".join(request.checkpoints), exc)
+
+
+def _digest_now_or_later(request: ModelRequest, store: DatasetStore, force: bool
+                         ) -> tuple[tuple[str, int] | None, Callable[[], tuple[str, int] | None] | None]:
+    """(digest, None) when a skip decision needs it now; (None, wait) when nothing complete could be skipped
+    (``force``, or no complete model): the files are then hashed in a thread while the model is extracted."""
+    if request.digest is None and (force or not store.is_complete(request.model_id)):
+        hashing = sha256_of_files_soon(request.checkpoints)
+        if hashing is not None:
+            return None, hashing
+    return _known_digest(request), None
 
 
 def _known_digest(request: ModelRequest) -> tuple[str, int] | None:

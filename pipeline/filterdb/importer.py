@@ -32,13 +32,8 @@ from pipeline.dataset.store import DatasetStore
 from pipeline.dataset.writer import ModelWriter
 from pipeline.digest import HashBehind
 from pipeline.errors import ConfigError, FilterlensError, QueryError
-from pipeline.extract.extractor import (
-    layer_loop_threads,
-    layer_row,
-    request_fields,
-    resolve_device,
-    torch_threads,
-)
+from pipeline.extract.extractor import layer_row, request_fields, resolve_device
+from pipeline.extract.threads import layer_loop_threads, torch_threads
 from pipeline.filterdb.layout import SOURCE_FORMAT, ReleaseLayer, ReleaseModel
 from pipeline.filterdb.metadata import model_spec
 from pipeline.filterdb.reader import Release, model_header, open_release
