@@ -96,7 +96,7 @@ class WorkerRss(threading.Thread):
 
 def run_once(zoo: Path, work: Path, mirror_url: str, actors: int) -> dict:
     code = f"""
-import json, resource, threading, sys, time
+import json, threading, sys, time
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from bench_build import WorkerRss
 from peak_rss import peak_rss_mb

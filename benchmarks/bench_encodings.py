@@ -47,7 +47,7 @@ VARIANTS = {  # name: (codec of every column, encoding of w0..w8)
 def random_table(checkpoint: Path) -> pa.Table:
     import torch
 
-    from pipeline.extract.extractor import filter_batch
+    from pipeline.extract.filter_rows import filter_batch
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     state = state.get("state_dict", state)

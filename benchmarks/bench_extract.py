@@ -28,7 +28,7 @@ ARCH = "robustbench:cifar10:Linf:Carmon2019Unlabeled"
 PHASES = {
     "floor": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq
-from pipeline.extract.extractor import filter_batch
+from pipeline.extract.filter_rows import filter_batch
 from pipeline.dataset.layout import FILTER_ROWS_PER_GROUP, filters_parquet_options, filters_write_schema
 t = time.perf_counter()
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
@@ -66,7 +66,7 @@ RESULT = {"seconds": time.perf_counter() - t, "filters": r.n_filters}
 """,
     "encodings": """
 import time, torch, pyarrow as pa, pyarrow.parquet as pq, os
-from pipeline.extract.extractor import filter_batch
+from pipeline.extract.filter_rows import filter_batch
 from pipeline.dataset.layout import COMPRESSION, WEIGHT_COLUMNS
 sd = torch.load(CKPT, map_location="cpu", weights_only=True, mmap=True)["state_dict"]
 batches = [filter_batch("m", "cifar10", "m", i, w, torch.zeros(w.shape[0] * w.shape[1], dtype=torch.bool))
@@ -89,7 +89,7 @@ for name, enc in (("PLAIN", "PLAIN"), ("BYTE_STREAM_SPLIT", "BYTE_STREAM_SPLIT")
 def run_phase(name: str, checkpoint: Path, out: Path, device: str, arch: str = ARCH) -> dict:
     """Run one phase in a fresh interpreter; returns its result plus peak RSS."""
     code = (f"CKPT, OUT, ARCH, DEVICE = {str(checkpoint)!r}, {str(out)!r}, {arch!r}, {device!r}\n"
-            + PHASES[name] + "\nimport json, resource, sys\n"
+            + PHASES[name] + "\nimport json, sys\n"
             f"sys.path.insert(0, {str(Path(__file__).parent)!r})\nfrom peak_rss import peak_rss_mb\n"
             "RESULT['peak_rss_mb'] = peak_rss_mb()\n"
             "sys.stdout.write('RESULT ' + json.dumps(RESULT) + '\\n')\n")

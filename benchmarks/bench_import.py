@@ -98,7 +98,7 @@ def child_floor(release: str, out: str) -> dict:
         filters_parquet_options,
         filters_write_schema,
     )
-    from pipeline.extract.extractor import filter_batch
+    from pipeline.extract.filter_rows import filter_batch
     from pipeline.filterdb.reader import open_release
 
     started = time.perf_counter()

@@ -29,7 +29,7 @@ from pipeline.dataset.layout import slugify  # noqa: E402
 from pipeline.dataset.schema import to_table  # noqa: E402
 from pipeline.dataset.store import DatasetStore  # noqa: E402
 from pipeline.dataset.writer import ModelWriter  # noqa: E402
-from pipeline.extract.extractor import filter_batch  # noqa: E402
+from pipeline.extract.filter_rows import filter_batch  # noqa: E402
 from pipeline.extract.metrics import layer_metrics, weight_statistics  # noqa: E402
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
